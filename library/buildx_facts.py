@@ -74,7 +74,8 @@ def main() -> None:
         run(inspect),
         run(["docker", "buildx", "version"]),
         run(["docker", "version", "--format", "{{.Server.Version}}"]),
-        "io.containerd.snapshotter" in run(["docker", "info", "--format", "{{json .DriverStatus}}"]),
+        "io.containerd.snapshotter"
+        in run(["docker", "info", "--format", "{{json .DriverStatus}}"]),
     )
     module.exit_json(changed=False, ansible_facts={"builder_host_buildx": caps.as_facts()})
 

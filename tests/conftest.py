@@ -14,6 +14,6 @@ import ansible.module_utils
 
 REPO = Path(__file__).resolve().parent.parent
 ansible.module_utils.__path__.append(str(REPO / "module_utils"))
-for extra in (REPO / "runtime", REPO / "library", REPO / "filter_plugins"):
+for extra in (REPO / "tests", REPO / "runtime", REPO / "library", REPO / "filter_plugins"):
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
