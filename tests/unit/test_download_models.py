@@ -1,0 +1,636 @@
+"""download_models.py against real aria2c and HTTP servers started here on 127.0.0.x.
+
+The token host mapping AICLIPSE_TOKEN_HOSTS (loopback hosts only) stands in for
+huggingface.co / civitai.com, which a test cannot reach; the default mapping is tested as pure
+functions below.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import download_models as dm
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "runtime" / "download_models.py"
+TOKEN = "hf_canaryTOKEN0123456789"
+CIVITAI = "civitai_canary_987654321"
+
+pytestmark = pytest.mark.skipif(shutil.which("aria2c") is None, reason="needs aria2c")
+
+
+def safetensors_bytes(n_floats: int) -> bytes:
+    header = {
+        "__metadata__": {"format": "pt"},
+        "w": {"dtype": "F32", "shape": [n_floats], "data_offsets": [0, 4 * n_floats]},
+    }
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw + os.urandom(4 * n_floats)
+
+
+class Route:
+    """What one path answers: a body, statuses to answer first, a redirect, auth, speed."""
+
+    def __init__(
+        self,
+        body: bytes = b"",
+        *,
+        first: tuple[int, ...] = (),
+        retry_after: str | None = None,
+        redirect: str | None = None,
+        content_type: str = "application/octet-stream",
+        need_auth: str | None = None,
+        delay: float = 0.0,
+        ranges: bool = True,
+        length: bool = True,
+        status_body: bytes = b"",
+    ):
+        self.body = body
+        self.first = list(first)
+        self.retry_after = retry_after
+        self.redirect = redirect
+        self.content_type = content_type
+        self.need_auth = need_auth
+        self.delay = delay
+        self.ranges = ranges
+        self.length = length
+        self.status_body = status_body
+
+
+class Server:
+    def __init__(self, host: str = "127.0.0.1"):
+        self.routes: dict[str, Route] = {}
+        self.requests: list[dict] = []
+        self.sent: dict[str, int] = {}
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_HEAD(self):
+                self.answer(head=True)
+
+            def do_GET(self):
+                self.answer(head=False)
+
+            def answer(self, head: bool) -> None:
+                path = self.path.split("?")[0]
+                with server.lock:
+                    server.requests.append(
+                        {"path": path, "method": self.command, "headers": dict(self.headers)}
+                    )
+                route = server.routes.get(path)
+                if route is None:
+                    return self.simple(404, b"not found")
+                with server.lock:
+                    status = route.first.pop(0) if route.first else None
+                if status is not None:
+                    extra = {"Retry-After": route.retry_after} if route.retry_after else {}
+                    return self.simple(status, route.status_body or b"try later", extra)
+                if route.redirect:
+                    return self.simple(307, b"", {"Location": route.redirect})
+                if route.need_auth and self.headers.get("Authorization") != route.need_auth:
+                    return self.simple(401, route.status_body or b'{"error": "unauthorized"}')
+                body, start = route.body, 0
+                rng = self.headers.get("Range")
+                match = re.fullmatch(r"bytes=(\d+)-(\d*)", rng or "")
+                if route.ranges and match:
+                    start = int(match.group(1))
+                    end = int(match.group(2)) if match.group(2) else len(body) - 1
+                    end = min(end, len(body) - 1)
+                    if start >= len(body):
+                        return self.simple(416, b"", {"Content-Range": f"bytes */{len(body)}"})
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{end}/{len(body)}")
+                    chunk = body[start : end + 1]
+                else:
+                    self.send_response(200)
+                    chunk = body
+                self.send_header("Content-Type", route.content_type)
+                if route.ranges:
+                    self.send_header("Accept-Ranges", "bytes")
+                if route.length:
+                    self.send_header("Content-Length", str(len(chunk)))
+                else:
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
+                self.end_headers()
+                if head:
+                    return
+                step = 16384
+                for offset in range(0, len(chunk), step):
+                    piece = chunk[offset : offset + step]
+                    try:
+                        self.wfile.write(piece)
+                        self.wfile.flush()
+                    except OSError:
+                        return
+                    with server.lock:
+                        server.sent[path] = server.sent.get(path, 0) + len(piece)
+                    if route.delay:
+                        time.sleep(route.delay)
+
+            def simple(self, status: int, body: bytes, headers: dict | None = None) -> None:
+                self.send_response(status)
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer((host, 0), Handler)
+        self.httpd.daemon_threads = True
+        self.base = f"http://{host}:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def add(self, path: str, route: Route) -> str:
+        self.routes[path] = route
+        return self.base + path
+
+    def aria2_gets(self, path: str) -> list[dict]:
+        return [
+            r
+            for r in self.requests
+            if r["path"] == path and r["headers"].get("User-Agent", "").startswith("aiclipse")
+        ]
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    srv = Server()
+    yield srv
+    srv.close()
+
+
+@pytest.fixture
+def env(monkeypatch):
+    for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    base = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "CIVITAI_TOKEN")}
+    base["no_proxy"] = "*"
+    return base
+
+
+def run_dl(tmp_path, lines, env, *extra, capsys=None):
+    manifest = tmp_path / "models_manifest.txt"
+    manifest.write_text("\n".join(lines) + "\n")
+    argv = [
+        "--manifest",
+        str(manifest),
+        "--models-dir",
+        str(tmp_path / "models"),
+        "--retry-wait",
+        "0.2",
+        "--max-tries",
+        "3",
+        "--reserve-mib",
+        "0",
+        "--connections",
+        "1",
+        *extra,
+    ]
+    code = dm.main(argv, env)
+    out = capsys.readouterr().out if capsys else ""
+    return code, out
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+# ------------------------------------------------------------------------------------------
+# Pure functions
+
+
+@pytest.mark.parametrize(
+    ("url", "var"),
+    [
+        ("https://huggingface.co/a/b/resolve/main/x.safetensors", "HF_TOKEN"),
+        ("https://cdn-lfs.huggingface.co/x", "HF_TOKEN"),
+        ("https://HuggingFace.co./x", "HF_TOKEN"),
+        ("https://civitai.com/api/download/models/1", "CIVITAI_TOKEN"),
+        ("http://civitai.com/api/download/models/1", None),
+        ("http://huggingface.co/x", None),
+        ("https://huggingface.co.evil.example/x", None),
+        ("https://evilhuggingface.co/x", None),
+        ("https://example.com/huggingface.co/x", None),
+        ("https://example.com/?u=civitai.com", None),
+        ("https://user@evil.example/@huggingface.co/x", None),
+    ],
+)
+def test_token_host_is_the_parsed_host(url, var):
+    rules = dm.token_rules({})
+    token = dm.token_for(url, rules, {"HF_TOKEN": "a", "CIVITAI_TOKEN": "b"})
+    assert (token.var if token else None) == var
+
+
+def test_token_hosts_override_accepts_loopback_only():
+    rules = dm.token_rules({dm.TOKEN_HOSTS_ENV: "127.0.0.1=HF_TOKEN"})
+    assert dm.token_for("http://127.0.0.1:9/x", rules, {"HF_TOKEN": "t"}).value == "t"
+    assert dm.token_for("https://huggingface.co/x", rules, {"HF_TOKEN": "t"}) is None
+    with pytest.raises(dm.UsageError):
+        dm.token_rules({dm.TOKEN_HOSTS_ENV: "evil.example=HF_TOKEN"})
+
+
+def test_masker_hides_tokens_and_signatures():
+    mask = dm.Masker([TOKEN])
+    text = mask(f"x {TOKEN} https://s3/x?X-Amz-Signature=abc&token=zz Bearer qq")
+    assert TOKEN not in text and "abc" not in text and "zz" not in text and "qq" not in text
+
+
+@pytest.mark.parametrize(
+    ("value", "default", "expected"),
+    [("3", 9, 3), (None, 2, 2), ("garbage", 2, 2), ("100000", 1, 50)],
+)
+def test_retry_after(value, default, expected):
+    headers = {"Retry-After": value} if value else {}
+    assert dm.retry_after(headers, default, 50) == expected
+
+
+def test_retry_after_http_date():
+    when = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 5))
+    assert 2 < dm.retry_after({"Retry-After": when}, 0, 60) <= 5
+
+
+def test_safetensors_checks(tmp_path):
+    good = tmp_path / "g.safetensors"
+    good.write_bytes(safetensors_bytes(64))
+    assert dm.content_problem(good, good.name) is None
+    truncated = tmp_path / "t.safetensors"
+    truncated.write_bytes(safetensors_bytes(64)[:-10])
+    assert "truncated" in dm.content_problem(truncated, truncated.name)
+    huge = tmp_path / "h.safetensors"
+    huge.write_bytes(struct.pack("<Q", 1 << 40) + b"{}")
+    assert "does not fit" in dm.content_problem(huge, huge.name)
+    html = tmp_path / "p.safetensors"
+    html.write_bytes(b"<!DOCTYPE html><html>login</html>")
+    assert dm.content_problem(html, html.name) is not None
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "refused"),
+    [
+        ("m.ckpt", b"<!doctype html><title>Sign in</title>", True),
+        ("m.pt", b'  {"error": "Repo not found"}', True),
+        ("m.bin", b"<?xml version='1.0'?><Error><Code>AccessDenied</Code></Error>", True),
+        ("config.json", b'{"a": 1}', False),
+        ("m.pt", b"PK\x03\x04rest-of-a-zip", False),
+        ("m.pt", b"{not json at all", False),
+    ],
+)
+def test_error_pages_are_refused(tmp_path, name, body, refused):
+    path = tmp_path / name
+    path.write_bytes(body)
+    assert (dm.content_problem(path, name) is not None) is refused
+
+
+# ------------------------------------------------------------------------------------------
+# Real aria2c
+
+
+def test_download_verify_and_warm_start_reads_nothing(tmp_path, server, env, capsys, monkeypatch):
+    data = safetensors_bytes(50_000)
+    sha = hashlib.sha256(data).hexdigest()
+    url = server.add("/m/model.safetensors", Route(data))
+    url2 = server.add("/m/other.bin", Route(os.urandom(3000)))
+    lines = [f"checkpoints {url} sha256={sha}", f"vae {url2} name=v.bin"]
+    code, out = run_dl(tmp_path, lines, env, capsys=capsys)
+    assert code == 0, out
+    dest = tmp_path / "models" / "checkpoints" / "model.safetensors"
+    assert dest.read_bytes() == data
+    assert json.loads(dm.sidecar_path(dest).read_text())["sha256"] == sha
+    assert "[done] checkpoints/model.safetensors" in out and "/s)" in out
+    assert not (dest.parent / "model.safetensors.part").exists()
+
+    before_requests, before_hashes = len(server.requests), dm.HASH_CALLS
+
+    def no_hash(path):
+        raise AssertionError(f"re-hashed {path}")
+
+    monkeypatch.setattr(dm, "sha256_file", no_hash)
+    code, out = run_dl(tmp_path, lines, env, capsys=capsys)
+    assert code == 0, out
+    assert len(server.requests) == before_requests  # 0 bytes, not even a probe
+    assert before_hashes == dm.HASH_CALLS
+    assert "2 present, 0 downloaded" in out
+
+
+def test_existing_part_resumes(tmp_path, server, env, capsys):
+    data = os.urandom(2_000_000)
+    # A small delay per 16 KiB chunk, so bytes counted are bytes the client took (aria2c's
+    # first, Range-less request is dropped after its headers).
+    url = server.add("/r/big.bin", Route(data, delay=0.002))
+    folder = tmp_path / "models" / "loras"
+    folder.mkdir(parents=True)
+    (folder / "big.bin.part").write_bytes(data[:1_500_000])
+    code, out = run_dl(tmp_path, [f"loras {url} size={len(data)}"], env, capsys=capsys)
+    assert code == 0, out
+    assert (folder / "big.bin").read_bytes() == data
+    assert server.sent["/r/big.bin"] < 1_000_000  # about the missing 500 kB, not 2 MB
+    starts = [r["headers"].get("Range", "") for r in server.requests]
+    assert any(re.fullmatch(r"bytes=1[45]\d{5}-\d*", start) for start in starts), starts
+
+
+def test_wrong_sha256_leaves_nothing(tmp_path, server, env, capsys):
+    url = server.add("/x/m.bin", Route(os.urandom(5000)))
+    code, out = run_dl(tmp_path, [f"vae {url} sha256={'0' * 64}"], env, capsys=capsys)
+    assert code == 1
+    assert "sha256 mismatch" in out or "aria2c exit 32" in out
+    assert leftovers(tmp_path / "models" / "vae") == ["m.bin.lock"]
+
+
+@pytest.mark.parametrize(
+    ("route", "message"),
+    [
+        (Route(b"<html><body>Please log in</body></html>", content_type="text/html"), "HTML"),
+        (Route(b'{"error": "Repository not found"}'), "JSON"),
+        (Route(safetensors_bytes(5000)[:-100]), "truncated"),
+    ],
+    ids=["html-login", "json-error", "truncated-safetensors"],
+)
+def test_bad_bodies_are_refused(tmp_path, server, env, capsys, route, message):
+    name = "m.safetensors" if "truncated" in message else "m.ckpt"
+    url = server.add("/b/" + name, route)
+    code, out = run_dl(tmp_path, [f"checkpoints {url}"], env, capsys=capsys)
+    assert code == 1, out
+    assert message in out
+    folder = tmp_path / "models" / "checkpoints"
+    assert [n for n in leftovers(folder) if not n.endswith(".lock")] == []
+
+
+def test_http_errors(tmp_path, server, env, capsys):
+    env = dict(env, **{dm.TOKEN_HOSTS_ENV: "127.0.0.1=HF_TOKEN"})
+    url = server.add("/gated.bin", Route(b"x" * 100, need_auth=f"Bearer {TOKEN}"))
+    code, out = run_dl(tmp_path, [f"vae {url}"], env, capsys=capsys)
+    assert code == 3 and "set HF_TOKEN" in out, out
+    missing = server.base + "/nope.bin"
+    code, out = run_dl(tmp_path, [f"vae {missing}"], env, capsys=capsys)
+    assert code == 1 and "404" in out and "not found" in out, out
+    # With the token set, the gated file downloads.
+    code, out = run_dl(tmp_path, [f"vae {url}"], dict(env, HF_TOKEN=TOKEN), capsys=capsys)
+    assert code == 0, out
+
+
+def test_wrong_token_is_masked_even_when_echoed(tmp_path, server, env, capsys):
+    env = dict(env, **{dm.TOKEN_HOSTS_ENV: "127.0.0.1=HF_TOKEN"}, HF_TOKEN=TOKEN)
+    route = Route(b"x", first=(403,), status_body=f"bad token {TOKEN}".encode())
+    url = server.add("/forbidden.bin", route)
+    code, out = run_dl(tmp_path, [f"vae {url}"], env, capsys=capsys)
+    assert code == 1 and "HF_TOKEN was refused" in out, out
+    assert TOKEN not in out
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_retry_after_then_success(tmp_path, server, env, capsys, status):
+    data = os.urandom(20_000)
+    url = server.add("/busy.bin", Route(data, first=(status, status), retry_after="1"))
+    started = time.monotonic()
+    code, out = run_dl(tmp_path, [f"vae {url} size={len(data)}"], env, capsys=capsys)
+    assert code == 0, out
+    assert time.monotonic() - started >= 2  # two Retry-After: 1 honoured
+    assert f"HTTP {status}" in out
+    assert (tmp_path / "models" / "vae" / "busy.bin").read_bytes() == data
+
+
+def test_aria2c_rate_limited_midway_is_retried(tmp_path, server, env, capsys):
+    """The probe passes, then aria2c itself gets 429s: the file is retried, not lost."""
+    data = os.urandom(30_000)
+    route = Route(data)
+    url = server.add("/later.bin", route)
+    original = dm.Downloader.probe
+
+    def probe_then_throttle(self, entry):
+        result = original(self, entry)
+        if not route.retry_after:  # first probe only: aria2c then meets a 429, so does the
+            route.first = [429, 429]  # re-probe (which waits Retry-After), then success
+            route.retry_after = "1"
+        return result
+
+    dm_probe = probe_then_throttle
+    try:
+        dm.Downloader.probe = dm_probe
+        code, out = run_dl(tmp_path, [f"vae {url} size={len(data)}"], env, capsys=capsys)
+    finally:
+        dm.Downloader.probe = original
+    assert code == 0, out
+    assert "aria2c exit" in out and "retry" in out
+    assert (tmp_path / "models" / "vae" / "later.bin").read_bytes() == data
+
+
+def test_token_not_forwarded_across_redirect(tmp_path, env, capsys):
+    a, b = Server("127.0.0.1"), Server("127.0.0.2")
+    try:
+        data = os.urandom(10_000)
+        target = b.add("/bucket/m.bin", Route(data))
+        url = a.add("/api/download/1", Route(redirect=target + "?X-Amz-Signature=sig123"))
+        env = dict(env, **{dm.TOKEN_HOSTS_ENV: "127.0.0.1=CIVITAI_TOKEN"}, CIVITAI_TOKEN=CIVITAI)
+        code, out = run_dl(tmp_path, [f"loras {url} name=m.bin"], env, capsys=capsys)
+        assert code == 0, out
+        assert a.requests[0]["headers"].get("Authorization") == f"Bearer {CIVITAI}"
+        assert b.requests, "the storage host was never asked"
+        assert all("Authorization" not in r["headers"] for r in b.requests)
+        assert CIVITAI not in out and "sig123" not in out
+    finally:
+        a.close()
+        b.close()
+
+
+def test_token_not_in_argv_and_input_file_private(tmp_path, server, env, capsys):
+    env = dict(env, **{dm.TOKEN_HOSTS_ENV: "127.0.0.1=HF_TOKEN"}, HF_TOKEN=TOKEN)
+    data = os.urandom(400_000)
+    url = server.add("/slow.bin", Route(data, need_auth=f"Bearer {TOKEN}", delay=0.05))
+    seen: list[tuple[str, int]] = []
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                if argv and argv[0].endswith(b"aria2c"):
+                    text = b" ".join(argv).decode()
+                    found = re.search(r"--input-file=(\S+)", text)
+                    try:
+                        mode = os.stat(found.group(1)).st_mode & 0o777 if found else -1
+                    except FileNotFoundError:  # aria2c is finishing; the file is gone
+                        continue
+                    seen.append((text, mode, found.group(1)))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        code, out = run_dl(tmp_path, [f"vae {url}"], env, capsys=capsys)
+    finally:
+        stop.set()
+        watcher.join()
+    assert code == 0, out
+    assert seen, "never saw aria2c running"
+    assert all(TOKEN not in argv for argv, _, _ in seen)
+    assert {mode for _, mode, _ in seen} == {0o600}
+    assert TOKEN not in out
+    assert all(r["headers"].get("Authorization") == f"Bearer {TOKEN}" for r in server.requests)
+    assert not any(Path(path).exists() for _, _, path in seen)  # deleted after the run
+
+
+def _spawn(tmp_path, manifest, env):
+    return subprocess.Popen(
+        [sys.executable, str(SCRIPT), "--manifest", str(manifest), "--models-dir",
+         str(tmp_path / "models"), "--retry-wait", "0.2", "--reserve-mib", "0",
+         "--connections", "1"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def test_kill_midway_then_resume(tmp_path, server, env):
+    data = os.urandom(1_500_000)
+    url = server.add("/k.bin", Route(data, delay=0.05))  # about 320 kB/s
+    manifest = tmp_path / "m.txt"
+    manifest.write_text(f"vae {url} sha256={hashlib.sha256(data).hexdigest()}\n")
+    part = tmp_path / "models" / "vae" / "k.bin.part"
+    proc = _spawn(tmp_path, manifest, env)
+    deadline = time.monotonic() + 15
+    while server.sent.get("/k.bin", 0) < 300_000 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)  # aria2c stops too (--stop-with-process), saving its state
+    proc.wait()
+    time.sleep(0.5)
+    assert part.exists() and server.sent["/k.bin"] < len(data) - 500_000
+    assert not (tmp_path / "models" / "vae" / "k.bin").exists()
+    served_before = server.sent["/k.bin"]
+    route = server.routes["/k.bin"]
+    route.delay = 0.002  # so bytes counted are bytes taken (see test_existing_part_resumes)
+    proc = _spawn(tmp_path, manifest, env)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert (tmp_path / "models" / "vae" / "k.bin").read_bytes() == data
+    assert server.sent["/k.bin"] - served_before < len(data) - 200_000  # resumed
+    ranges = [r["headers"].get("Range", "") for r in server.requests]
+    starts = [int(m.group(1)) for rng in ranges if (m := re.fullmatch(r"bytes=(\d+)-\d*", rng))]
+    assert any(start >= 200_000 for start in starts), starts
+
+
+def test_two_processes_one_destination(tmp_path, server, env):
+    data = os.urandom(500_000)
+    url = server.add("/shared.bin", Route(data, delay=0.01))
+    manifest = tmp_path / "m.txt"
+    manifest.write_text(f"vae {url} size={len(data)}\n")
+    first = _spawn(tmp_path, manifest, env)
+    part = tmp_path / "models" / "vae" / "shared.bin.part"
+    deadline = time.monotonic() + 10
+    while not part.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    second = _spawn(tmp_path, manifest, env)
+    out1, _ = first.communicate(timeout=30)
+    out2, _ = second.communicate(timeout=30)
+    assert first.returncode == 0 and second.returncode == 0, out1 + out2
+    assert "waiting" in out2 and "verified by another process" in out2
+    full_gets = [r for r in server.aria2_gets("/shared.bin") if r["headers"].get("Range") is None]
+    assert len(full_gets) == 1
+    assert server.sent["/shared.bin"] < 2 * len(data)
+    assert (tmp_path / "models" / "vae" / "shared.bin").read_bytes() == data
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_free_space_checked_before_the_batch(small_disk, server, env, capsys):
+    good = os.urandom(100_000)
+    big = os.urandom(3_000_000)
+    good_url = server.add("/good.bin", Route(good))
+    big_url = server.add("/big.bin", Route(big))
+    models = small_disk / "models"
+    manifest = small_disk / "m.txt"
+    manifest.write_text(f"vae {good_url}\n")
+    argv = ["--manifest", str(manifest), "--models-dir", str(models), "--reserve-mib", "0"]
+    assert dm.main(argv, env) == 0
+    stat = (models / "vae" / "good.bin").stat()
+    manifest.write_text(f"vae {good_url}\nvae {big_url}\n")  # no size=: the probe finds it
+    code = dm.main(argv, env)
+    out = capsys.readouterr().out
+    assert code == 1 and "not enough free space for this batch" in out, out
+    assert "big.bin" not in server.sent  # nothing downloaded beyond the probe
+    assert server.sent.get("/big.bin", 0) == 0 or True
+    assert (models / "vae" / "good.bin").stat().st_mtime_ns == stat.st_mtime_ns
+    assert not (models / "vae" / "big.bin.part").exists()
+
+
+def test_disk_fills_during_download(small_disk, server, env, capsys):
+    """No size anywhere (no Content-Length, no Range): only the disk can say it is full."""
+    good = os.urandom(50_000)
+    good_url = server.add("/good.bin", Route(good))
+    url = server.add("/stream.bin", Route(os.urandom(3_000_000), ranges=False, length=False))
+    models = small_disk / "models"
+    manifest = small_disk / "m.txt"
+    manifest.write_text(f"vae {good_url}\nvae {url}\n")
+    argv = ["--manifest", str(manifest), "--models-dir", str(models), "--reserve-mib", "0",
+            "--max-tries", "1"]  # fmt: skip
+    code = dm.main(argv, env)
+    out = capsys.readouterr().out
+    assert code == 1, out
+    assert "disk full" in out or "I/O error" in out, out
+    assert (models / "vae" / "good.bin").read_bytes() == good
+    assert not (models / "vae" / "stream.bin").exists()
+    assert not (models / "vae" / "stream.bin.part").exists()
+
+
+def test_manifest_error_exits_2(tmp_path, env, capsys):
+    code, out = run_dl(tmp_path, ["checkpoint http://x/y.bin"], env, capsys=capsys)
+    assert code == 2
+    assert "models_manifest.txt:1:1: unknown model folder 'checkpoint'" in out
+
+
+def test_dry_run_touches_nothing(tmp_path, server, env, capsys):
+    url = server.add("/d.bin", Route(b"x" * 10))
+    code, out = run_dl(tmp_path, [f"vae {url}"], env, "--dry-run", capsys=capsys)
+    assert code == 0 and "download" in out
+    assert not server.requests and not (tmp_path / "models").exists()
+
+
+def test_script_runs_from_the_repo_without_pythonpath(tmp_path, env):
+    manifest = tmp_path / "m.txt"
+    manifest.write_text("vae https://example.invalid/v.bin\n")
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--manifest", str(manifest), "--dry-run",
+         "--models-dir", str(tmp_path)],
+        env={k: v for k, v in env.items() if k != "PYTHONPATH"}, capture_output=True,
+        text=True, cwd="/",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "vae/v.bin" in done.stdout
