@@ -43,12 +43,41 @@ def _first_version(text: str) -> str:
 
 
 def parse_inspect(text: str) -> dict[str, str]:
-    """The ``Key: value`` lines of ``docker buildx inspect`` (first value wins, keys lowercased)."""
+    """The builder's and its first node's ``Key: value`` lines of ``docker buildx inspect``.
+
+    Keys are lowercased; the builder's own fields (``Name``, ``Driver``) win over the node's of
+    the same key. Node fields may be printed flush left (buildx 0.8 - 0.17+) or indented under
+    ``Nodes:``; either way only the first node is read. Blocks opened by a key without a value
+    (``Labels:``, ``GC Policy rule#0:``) hold indented sub-fields, which are
+    skipped so that e.g. a label cannot pose as ``Platforms``.
+    """
     fields: dict[str, str] = {}
+    in_nodes = False
+    node_names = 0
+    skip_deeper_than: int | None = None  # indent of a block header whose children we ignore
     for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key.strip() and not key.startswith(" "):
-            fields.setdefault(key.strip().lower(), value.strip())
+        if not line.strip():
+            continue
+        indent = len(line) - len(line.lstrip())
+        if skip_deeper_than is not None:
+            if indent > skip_deeper_than:
+                continue
+            skip_deeper_than = None
+        key, sep, value = line.strip().partition(":")
+        key, value = key.strip().lower(), value.strip()
+        if not sep or not key:
+            continue
+        if not value:
+            if key == "nodes":
+                in_nodes = True
+            else:
+                skip_deeper_than = indent
+            continue
+        if in_nodes and key == "name":
+            node_names += 1
+            if node_names > 1:
+                break  # the second node: its fields are not the first node's
+        fields.setdefault(key, value)
     return fields
 
 
@@ -68,7 +97,10 @@ def capabilities(
     bk = version_tuple(bk_text)
     exporting = driver != "docker" or containerd_store
     cache = ("inline", "registry", "local") if exporting else ("inline",)
-    platforms = tuple(p.strip() for p in fields.get("platforms", "").split(",") if p.strip())
+    # buildx marks platforms the builder was created with by a trailing "*".
+    platforms = tuple(
+        p.strip().rstrip("*") for p in fields.get("platforms", "").split(",") if p.strip()
+    )
     return BuilderCapabilities(
         name=fields.get("name", ""),
         driver=driver,

@@ -8,6 +8,7 @@ Bearer token challenge that ghcr.io and Docker Hub answer with.
 from __future__ import annotations
 
 import base64
+import hashlib
 import ipaddress
 import json
 import re
@@ -41,32 +42,65 @@ class ImageRef:
         return f"{self.registry}/{self.repository}{sep}{self.reference}"
 
 
-_REF = re.compile(
-    r"^(?P<registry>[^/]+)/(?P<repo>[a-z0-9]+(?:[._/-][a-z0-9]+)*)"
-    r"(?::(?P<tag>[\w][\w.-]{0,127}))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?$"
-)
+_HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)(?::[0-9]+)?")
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REPO = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_EXAMPLE = "e.g. 127.0.0.1:5000/aiclipse/os-base:tag or ghcr.io/org/image@sha256:<64 hex>"
 
 
 def parse_ref(ref: str) -> ImageRef:
     """Split ``host[:port]/repo[:tag][@digest]``; the registry host must be explicit."""
-    m = _REF.match(ref)
-    if not m or not ("." in m["registry"] or ":" in m["registry"] or m["registry"] == "localhost"):
-        raise RegistryError(
-            f"{ref!r} is not a fully qualified image reference; "
-            "write it as host[:port]/repository[:tag] (e.g. 127.0.0.1:5000/aiclipse/os-base:tag)"
+
+    def bad(why: str) -> RegistryError:
+        return RegistryError(
+            f"{ref!r} is not a valid image reference: {why}; write it as "
+            f"host[:port]/repository[:tag][@sha256:digest] ({_EXAMPLE})"
         )
-    return ImageRef(m["registry"], m["repo"], m["digest"] or m["tag"] or "latest")
+
+    registry, slash, rest = ref.partition("/")
+    explicit = "." in registry or ":" in registry or registry == "localhost"
+    if not slash or not explicit or not _HOST.fullmatch(registry):
+        raise bad("it does not start with a registry host (host[:port]/)")
+    rest, at, digest = rest.partition("@")
+    if at and not _DIGEST.fullmatch(digest):
+        raise bad("the digest must be sha256: followed by 64 lowercase hex digits")
+    repo, tag = rest, ""
+    name, colon, maybe_tag = rest.rpartition(":")
+    if colon and "/" not in maybe_tag:
+        repo, tag = name, maybe_tag
+        if not _TAG.fullmatch(tag):
+            raise bad(
+                "a tag is up to 128 characters of letters, digits, '_', '.' and '-', "
+                "not starting with '.' or '-'"
+            )
+    if not _REPO.fullmatch(repo):
+        raise bad(
+            "the repository must be lowercase letters and digits, separated by '.', '_', "
+            "'__', '-' or '/'"
+        )
+    return ImageRef(registry, repo, digest or tag or "latest")
+
+
+def _host(registry: str) -> str:
+    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port`` -> the bare host (lowercased)."""
+    if registry.startswith("["):
+        return registry[1:].partition("]")[0]
+    if registry.count(":") == 1:
+        return registry.rsplit(":", 1)[0].lower()
+    return registry.lower()
 
 
 def is_plain_http(registry: str, insecure: tuple[str, ...] = ()) -> bool:
     """Loopback registries and those listed as insecure speak plain HTTP."""
     if registry in insecure:
         return True
-    host = registry.rsplit(":", 1)[0] if registry.count(":") == 1 else registry
+    host = _host(registry)
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
 
@@ -126,8 +160,15 @@ class Registry:
         if kind.lower() != "bearer":
             raise RegistryError(f"registry {self.registry} asks for unknown auth {challenge!r}")
         fields = dict(re.findall(r'(\w+)="([^"]*)"', params))
+        realm = fields.get("realm", "")
+        if not realm.startswith(("http://", "https://")):
+            raise RegistryError(
+                f"registry {self.registry} sent a Bearer challenge without a usable realm "
+                f"({challenge!r})"
+            )
         query = {k: v for k, v in fields.items() if k in ("service", "scope")}
-        url = fields.get("realm", "") + "?" + urllib.parse.urlencode(query)
+        sep = "&" if "?" in realm else "?"
+        url = realm + sep + urllib.parse.urlencode(query) if query else realm
         req = urllib.request.Request(url)
         if self.creds.username:
             req.add_header("Authorization", self.creds.basic())
@@ -136,6 +177,17 @@ class Registry:
                 body = json.load(resp)
         except urllib.error.HTTPError as err:
             raise self._denied() from err
+        except (urllib.error.URLError, OSError) as err:
+            raise RegistryError(
+                f"the token service of registry {self.registry} is unreachable ({realm}: {err})"
+            ) from err
+        except ValueError as err:
+            raise RegistryError(
+                f"the token service of registry {self.registry} answered something that is "
+                f"not JSON ({realm}: {err})"
+            ) from err
+        if not isinstance(body, dict):
+            raise self._denied()
         token = body.get("token") or body.get("access_token")
         if not token:
             raise self._denied()
@@ -150,16 +202,24 @@ class Registry:
     def manifest_digest(self, repository: str, reference: str) -> str | None:
         """The digest a tag or digest points at, or None when the registry has no such manifest."""
         scope = f"repository:{repository}:pull"
+        path = f"/v2/{repository}/manifests/{reference}"
+        sep = "@" if reference.startswith("sha256:") else ":"
         try:
-            with self._request(
-                "HEAD", f"/v2/{repository}/manifests/{reference}", scope, {"Accept": MANIFEST_TYPES}
-            ) as resp:
-                return resp.headers.get("Docker-Content-Digest")
+            with self._request("HEAD", path, scope, {"Accept": MANIFEST_TYPES}) as resp:
+                digest = resp.headers.get("Docker-Content-Digest")
+            if digest:
+                return digest
+            # The header is optional in the distribution spec: hash the manifest itself.
+            with self._request("GET", path, scope, {"Accept": MANIFEST_TYPES}) as resp:
+                digest = resp.headers.get("Docker-Content-Digest")
+                body = resp.read()
+            return digest or "sha256:" + hashlib.sha256(body).hexdigest()
         except urllib.error.HTTPError as err:
             if err.code == 404:
                 return None
             if err.code in (401, 403):
                 raise self._denied() from err
             raise RegistryError(
-                f"registry {self.registry} answered {err.code} for {repository}:{reference}"
+                f"registry {self.registry} answered HTTP {err.code} for "
+                f"{repository}{sep}{reference}"
             ) from err
