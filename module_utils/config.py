@@ -38,7 +38,7 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _VERSION_RE = re.compile(r"^\d+(\.\d+)+$")
 _TORCH_VERSION_RE = re.compile(r"^\d+\.\d+(\.\d+)?([a-z0-9.]*)?$")
 _ARCH_ENTRY_RE = re.compile(r"^\d+\.\d+[af]?(\+PTX)?$")
-_REPO_PREFIXES = ("https://", "http://", "ssh://", "git@", "file://", "/")
+_REPO_PREFIXES = ("https://", "http://", "ssh://", "git://", "git@", "file://", "/")
 _MANAGER_SECURITY_LEVELS = ("strong", "normal", "normal-")
 
 

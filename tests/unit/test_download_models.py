@@ -598,9 +598,13 @@ def test_disk_fills_during_download(small_disk, server, env, capsys):
     url = server.add("/stream.bin", Route(os.urandom(3_000_000), ranges=False, length=False))
     models = small_disk / "models"
     manifest = small_disk / "m.txt"
-    manifest.write_text(f"vae {good_url}\nvae {url}\n")
     argv = ["--manifest", str(manifest), "--models-dir", str(models), "--reserve-mib", "0",
             "--max-tries", "1"]  # fmt: skip
+    # First the good file alone (two downloads racing for 2 MiB could both hit ENOSPC),
+    # then the stream that fills the disk: the verified file must stay untouched.
+    manifest.write_text(f"vae {good_url}\n")
+    assert dm.main(argv, env) == 0, capsys.readouterr().out
+    manifest.write_text(f"vae {good_url}\nvae {url}\n")
     code = dm.main(argv, env)
     out = capsys.readouterr().out
     assert code == 1, out

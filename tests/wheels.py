@@ -1,0 +1,41 @@
+"""Make small, real wheel files for tests: a local wheelhouse pip can resolve offline."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import zipfile
+from pathlib import Path
+
+
+def _record_line(path: str, data: bytes) -> str:
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    return f"{path},sha256={digest},{len(data)}"
+
+
+def make_wheel(
+    folder: Path, name: str, version: str, requires: tuple[str, ...] = (), files: dict | None = None
+) -> Path:
+    """A pure-Python ``py3-none-any`` wheel of ``name==version`` requiring ``requires``."""
+    dist = name.replace("-", "_")
+    info = f"{dist}-{version}.dist-info"
+    contents = dict(files or {f"{dist}/__init__.py": f"__version__ = {version!r}\n"})
+    contents[f"{info}/METADATA"] = (
+        f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+        + "".join(f"Requires-Dist: {req}\n" for req in requires)
+    )
+    contents[f"{info}/WHEEL"] = (
+        "Wheel-Version: 1.0\nGenerator: aiclipse-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    )
+    record = [_record_line(path, text.encode()) for path, text in contents.items()]
+    record.append(f"{info}/RECORD,,")
+    folder.mkdir(parents=True, exist_ok=True)
+    wheel = folder / f"{dist}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for path, text in contents.items():
+            info_ = zipfile.ZipInfo(path, date_time=(2020, 1, 1, 0, 0, 0))
+            archive.writestr(info_, text)
+        archive.writestr(
+            zipfile.ZipInfo(f"{info}/RECORD", (2020, 1, 1, 0, 0, 0)), "\n".join(record) + "\n"
+        )
+    return wheel
