@@ -1,0 +1,632 @@
+"""The layer graph: render every node's build context, hash it, ask the registry, plan builds.
+
+Nodes: ``os-base`` -> ``base-common`` -> ``base-<target>`` (torch + package layers) ->
+``<template>-<target>``. A node's hash covers its rendered Dockerfile, every file of its
+context (sorted, content and +x only), its build args and its parent's hash, so the same
+inputs give the same hash on any machine (BLD-7). A node whose hash tag is in the registry is
+``cached``; the others are ``stale`` (with the reason, when a previous plan is known) and go
+into a ``docker buildx bake`` file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shlex
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from ansible.module_utils.config import Config, GpuTarget
+from ansible.module_utils.gitsource import read_file, require_commit, requirement_lines
+from ansible.module_utils.gpu_matrix import load_matrix_file, validate_target
+from ansible.module_utils.hashing import file_sha256, node_hash, short, tree_entries
+from ansible.module_utils.package_layers import (
+    Layer,
+    ResolveOptions,
+    apply_overrides,
+    assign_layers,
+    constraints_text,
+    resolve,
+)
+from ansible.module_utils.templates import Template, select_targets
+
+IMAGE = "comfyui"
+APT_PACKAGES = (
+    "python3",
+    "python3-venv",
+    "git",
+    "aria2",
+    "openssh-server",
+    "tini",
+    "curl",
+    "ca-certificates",
+    "procps",
+)
+EXCLUDE = ("__pycache__", "*.pyc")
+
+
+class PlanError(Exception):
+    """The plan cannot be made; the message names what, where and the fix."""
+
+
+@dataclass(frozen=True)
+class BuilderCaps:
+    """What the builders can do (from builder_host's buildx_facts; the weakest one counts)."""
+
+    copy_link: bool = False
+    named_contexts: bool = False
+    cache_export: tuple[str, ...] = ("inline",)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the plan needs besides the configuration and the templates."""
+
+    repo_root: Path
+    build_dir: Path
+    os_base_ref: str
+    cache_dir: Path
+    python_version: str = "3.11"
+    platform: str = "manylinux_2_36_x86_64"
+    ca_bundle: str = "/etc/ssl/certs/ca-certificates.crt"
+    jupyter_spec: str = "jupyterlab==4.4.10"
+    filebrowser_url: str = ""
+    filebrowser_sha256: str = ""
+    user: str = "comfy"
+    uid: int = 1000
+    gid: int = 1000
+    source: str = ""
+    revision: str = ""
+    network: str = ""
+    date_tag: str = ""
+    caps: BuilderCaps = field(default_factory=BuilderCaps)
+    resolve_options: ResolveOptions = field(default_factory=ResolveOptions)
+
+
+@dataclass
+class Node:
+    name: str
+    kind: str
+    parent: str | None
+    level: int
+    target: str | None = None
+    template: str | None = None
+    args: dict[str, str] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    layers: list[dict[str, Any]] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
+    hash: str = ""
+    image: str = ""
+    status: str = ""
+    reason: str = ""
+    digest: str = ""
+
+    @property
+    def hash_tag(self) -> str:
+        return f"{self.name}-{short(self.hash)}"
+
+    @property
+    def ref(self) -> str:
+        return f"{self.image}:{self.hash_tag}"
+
+    def release_tags(self, date_tag: str = "") -> list[str]:
+        """Tags moved after verification: template images only (bases keep their hash tag)."""
+        if self.kind != "template":
+            return []
+        tags = [self.name]
+        if date_tag:
+            tags.append(f"{self.name}-{date_tag}")
+        return tags
+
+    def as_dict(self, date_tag: str = "") -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out.update(hash_tag=self.hash_tag, ref=self.ref, release_tags=self.release_tags(date_tag))
+        return out
+
+
+@dataclass
+class Plan:
+    nodes: list[Node]
+    bake: dict[str, Any]
+    skipped: list[dict[str, str]]
+
+    def by_name(self) -> dict[str, Node]:
+        return {node.name: node for node in self.nodes}
+
+    @property
+    def stale(self) -> list[Node]:
+        return [n for n in self.nodes if n.status == "stale"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering
+
+
+def _environment(repo_root: Path) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(repo_root / "roles" / "image_build" / "templates")),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    env.filters["quote"] = lambda value: shlex.quote(str(value))
+    return env
+
+
+def _write(path: Path, data: str | bytes) -> None:
+    """Write only when the content differs, so untouched files keep their mtime."""
+    raw = data.encode() if isinstance(data, str) else data
+    if path.is_file() and path.read_bytes() == raw:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(raw)
+
+
+def _sync_tree(src: Path, dest: Path) -> None:
+    """Make ``dest`` hold exactly ``src``'s files (content-compared, extra files removed)."""
+    wanted = set()
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(src)
+        if path.is_file() and not any(part in ("__pycache__",) for part in rel.parts):
+            wanted.add(rel)
+            _write(dest / rel, path.read_bytes())
+            os.chmod(dest / rel, 0o755 if os.access(path, os.X_OK) else 0o644)
+    if dest.exists():
+        for path in sorted(dest.rglob("*"), reverse=True):
+            rel = path.relative_to(dest)
+            if path.is_file() and rel not in wanted:
+                path.unlink()
+            elif path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+
+
+def _reset(context: Path, keep: Sequence[str]) -> None:
+    """Remove whatever a context holds beyond ``keep`` (top-level names)."""
+    if context.exists():
+        for child in context.iterdir():
+            if child.name not in keep:
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+    context.mkdir(parents=True, exist_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Package layers of a target
+
+
+def _torch_specs(target: GpuTarget) -> list[str]:
+    specs = [f"torch=={target.torch}"]
+    if target.torchvision:
+        specs.append(f"torchvision=={target.torchvision}")
+    if target.torchaudio:
+        specs.append(f"torchaudio=={target.torchaudio}")
+    return specs
+
+
+def _resolve_options(target: GpuTarget, base: ResolveOptions) -> ResolveOptions:
+    if target.torch_wheelhouse:
+        return dataclasses.replace(base, find_links=(*base.find_links, target.torch_wheelhouse))
+    if target.torch_index_url:
+        return dataclasses.replace(
+            base, extra_index_urls=(*base.extra_index_urls, target.torch_index_url)
+        )
+    return base
+
+
+def _with_local_hashes(layers: list[Layer]) -> list[Layer]:
+    """Wheels found through a local wheelhouse carry no index hash: hash the file itself."""
+    out = []
+    for layer in layers:
+        dists = []
+        for dist in layer.dists:
+            if dist.sha256 is None and dist.url.startswith("file://"):
+                dist = dataclasses.replace(dist, sha256=file_sha256(dist.url[len("file://") :]))
+            dists.append(dist)
+        out.append(dataclasses.replace(layer, dists=tuple(dists)))
+    return out
+
+
+def target_layers(
+    config: Config,
+    target: GpuTarget,
+    settings: Settings,
+    comfy_specs: list[str],
+    extra: tuple[str, Sequence[str]] | None = None,
+) -> list[Layer]:
+    """Resolve torch, ComfyUI's requirements and the configured layers once; assign them."""
+    layer_specs: list[tuple[str, Sequence[str]]] = [("torch", _torch_specs(target))]
+    if comfy_specs:
+        layer_specs.append(("comfyui", comfy_specs))
+    layer_specs += [(layer.name, layer.specs) for layer in config.package_layers]
+    if extra and extra[1]:
+        layer_specs.append(extra)
+    replace = config.replace_map
+    resolution = resolve(
+        layer_specs,
+        settings.python_version,
+        settings.platform,
+        constraints=_torch_specs(target),
+        options=_resolve_options(target, settings.resolve_options),
+        cache_dir=settings.cache_dir / "resolutions",
+        extra_specs=sorted(set(replace.values())),
+    )
+    resolution = apply_overrides(resolution, layer_specs, config.package_layers_exclude, replace)
+    return _with_local_hashes(assign_layers(layer_specs, resolution))
+
+
+def _layer_file(index: int, layer: Layer) -> str:
+    return f"{index:02d}-{layer.name}.txt"
+
+
+# ---------------------------------------------------------------------------------------------
+# Contexts of each kind
+
+
+def render_base_common(
+    env: jinja2.Environment, context: Path, config: Config, settings: Settings
+) -> dict[str, str]:
+    _reset(context, keep=("Dockerfile", "runtime", "manager-config.ini"))
+    # The runtime scripts, and beside them the one manifest parser the plan uses too.
+    sources = {
+        path.name: path
+        for path in sorted((settings.repo_root / "runtime").iterdir())
+        if path.is_file() and path.suffix in (".py", ".sh")
+    }
+    sources["manifests.py"] = settings.repo_root / "module_utils" / "manifests.py"
+    runtime = context / "runtime"
+    for name, path in sources.items():
+        _write(runtime / name, path.read_bytes())
+        os.chmod(runtime / name, 0o755)
+    for stale in runtime.iterdir():
+        if stale.name not in sources:
+            stale.unlink()
+    _write(
+        context / "manager-config.ini",
+        f"[default]\nsecurity_level = {config.manager.security_level}\n"
+        "network_mode = public\nfile_logging = False\n",
+    )
+    _write(
+        context / "Dockerfile",
+        env.get_template("Dockerfile.base-common.j2").render(
+            apt_packages=APT_PACKAGES,
+            user=settings.user,
+            uid=settings.uid,
+            gid=settings.gid,
+            jupyter_spec=settings.jupyter_spec,
+            filebrowser_url=settings.filebrowser_url,
+            filebrowser_sha256=settings.filebrowser_sha256,
+        ),
+    )
+    return {
+        "COMFYUI_REPO": config.comfyui.repo,
+        "COMFYUI_COMMIT": require_commit(config.comfyui.ref, "comfyui.ref"),
+        "MANAGER_REPO": config.manager.repo,
+        "MANAGER_COMMIT": require_commit(config.manager.ref, "manager.ref"),
+    }
+
+
+def render_base_gpu(
+    env: jinja2.Environment,
+    context: Path,
+    target: GpuTarget,
+    layers: list[Layer],
+    settings: Settings,
+) -> list[dict[str, Any]]:
+    _reset(context, keep=("Dockerfile", "layers", "wheels", "constraints.txt"))
+    files = {}
+    for index, layer in enumerate(layers, start=1):
+        if layer.dists:  # a layer whose distributions all came earlier is empty: no stage
+            files[_layer_file(index, layer)] = layer.requirements_text(hashes=True)
+    for name, text in files.items():
+        _write(context / "layers" / name, text)
+    for stale in (context / "layers").iterdir():
+        if stale.name not in files:
+            stale.unlink()
+    _write(context / "constraints.txt", constraints_text(layers))
+    wheels = sorted(
+        dist.url[len("file://") :]
+        for layer in layers
+        for dist in layer.dists
+        if dist.url.startswith("file://")
+    )
+    if wheels:
+        (context / "wheels").mkdir(exist_ok=True)
+        for wheel in wheels:
+            dest = context / "wheels" / Path(wheel).name
+            if not dest.exists():
+                try:
+                    os.link(wheel, dest)
+                except OSError:
+                    shutil.copy2(wheel, dest)
+    elif (context / "wheels").exists():
+        shutil.rmtree(context / "wheels")
+    options = []
+    if wheels:
+        options.append("--find-links /ctx/wheels")
+    if target.torch_index_url:
+        options.append(f"--extra-index-url {shlex.quote(target.torch_index_url)}")
+    info = [
+        {"name": layer.name, "file": _layer_file(i, layer), "count": len(layer.dists)}
+        for i, layer in enumerate(layers, start=1)
+        if layer.dists
+    ]
+    _write(
+        context / "Dockerfile",
+        env.get_template("Dockerfile.base-gpu.j2").render(
+            gpu=target.name,
+            layers=info,
+            wheelhouse=bool(wheels),
+            index_options=" ".join(options),
+            copy_link=settings.caps.copy_link,
+            arch_list=target.torch_cuda_arch_list,
+        ),
+    )
+    pins = {layer.name: [d.pin for d in layer.dists] for layer in layers}
+    return [{**item, "pins": pins[item["name"]]} for item in info]
+
+
+def render_template(
+    env: jinja2.Environment, context: Path, template: Template, target: GpuTarget
+) -> None:
+    _reset(context, keep=("Dockerfile", "manifests", "workflows", "nodes_manifest.txt"))
+    src = Path(template.path)
+    locked = template.locked_nodes()
+    _write(
+        context / "nodes_manifest.txt",
+        "".join(f"{item.url}@{item.commit}\n" for item in locked),
+    )
+    _write(
+        context / "manifests" / "models_manifest.txt",
+        (src / "models_manifest.txt").read_bytes(),
+    )
+    _write(context / "manifests" / "nodes_manifest.txt", (src / "nodes_manifest.txt").read_bytes())
+    _sync_tree(src / "workflows", context / "workflows")
+    (context / "workflows").mkdir(exist_ok=True)
+    _write(
+        context / "Dockerfile",
+        env.get_template("Dockerfile.template.j2").render(
+            template=template.name,
+            gpu=target.name,
+            fragment=template.fragment or "",
+            comfy_args=template.comfy_args,
+        ),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan
+
+
+def _files(context: Path) -> dict[str, str]:
+    return {rel: detail for _, rel, detail in tree_entries(context, EXCLUDE) if detail}
+
+
+def _reason(node: Node, previous: Mapping[str, Any] | None, parents: Mapping[str, Node]) -> str:
+    if previous is None:
+        return "not in the registry"
+    old = previous.get(node.name)
+    if old is None:
+        return "new node"
+    changes = []
+    parent = parents.get(node.parent or "")
+    if parent is not None and parent.hash != old.get("parent_hash"):
+        changes.append(f"parent {parent.name} changed")
+    old_files = old.get("files", {})
+    for rel in sorted(set(old_files) | set(node.files)):
+        if old_files.get(rel) != node.files.get(rel):
+            verb = "added" if rel not in old_files else "removed" if rel not in node.files else ""
+            changes.append(f"{rel} {verb or 'changed'}")
+    old_args = old.get("args", {})
+    for key in sorted(set(old_args) | set(node.args)):
+        if old_args.get(key) != node.args.get(key):
+            changes.append(f"build arg {key} changed")
+    return "; ".join(changes) if changes else "not in the registry (inputs unchanged)"
+
+
+def make_plan(
+    config: Config,
+    templates: Sequence[Template],
+    settings: Settings,
+    lookup: Callable[[str], str | None],
+    requested_target: str | None = None,
+    previous: Mapping[str, Any] | None = None,
+    comfy_requirements: Callable[[], list[str]] | None = None,
+) -> Plan:
+    """Render, hash and classify every node the templates need; write the bake file."""
+    env = _environment(settings.repo_root)
+    matrix = load_matrix_file(settings.repo_root / "playbooks" / "vars" / "cuda_torch_matrix.yml")
+    build = settings.build_dir
+    names = [t.name for t in config.gpu_targets]
+    wanted: dict[str, list[Template]] = {}
+    for template in templates:
+        for target_name in select_targets(template, names, requested_target):
+            wanted.setdefault(target_name, []).append(template)
+    for target_name in wanted:
+        validate_target(config.target(target_name), matrix)
+
+    os_base = Node(
+        "os-base", "os-base", None, 0, hash=node_hash({"ref": settings.os_base_ref}, None)
+    )
+    os_base.image, os_base.status = settings.os_base_ref.split("@")[0], "external"
+    nodes: list[Node] = [os_base]
+    by_name = {"os-base": os_base}
+    if not wanted:
+        return Plan(
+            nodes=[], bake={"group": {"default": {"targets": []}}, "target": {}}, skipped=[]
+        )
+
+    image = f"{config.registry}/{IMAGE}"
+    common = Node("base-common", "base-common", "os-base", 1, image=image)
+    common.args = render_base_common(env, build / common.name, config, settings)
+    nodes.append(common)
+    by_name[common.name] = common
+    comfy_specs = comfy_requirements() if comfy_requirements else _comfy_specs(config, settings)
+
+    for target_name in sorted(wanted):
+        target = config.target(target_name)
+        base = Node(f"base-{target.name}", "base-gpu", "base-common", 2, target=target.name)
+        base.image = image
+        layers = target_layers(config, target, settings, comfy_specs)
+        base.layers = render_base_gpu(env, build / base.name, target, layers, settings)
+        nodes.append(base)
+        by_name[base.name] = base
+        for template in wanted[target_name]:
+            node = Node(
+                f"{template.name}-{target.name}",
+                "template",
+                base.name,
+                3,
+                target=target.name,
+                template=template.name,
+                image=image,
+                labels=template.label_map,
+            )
+            render_template(env, build / node.name, template, target)
+            nodes.append(node)
+            by_name[node.name] = node
+
+    for node in nodes[1:]:
+        node.files = _files(build / node.name)
+        parent = by_name[node.parent or ""]
+        node.hash = node_hash({"files": node.files, "args": node.args}, parent.hash)
+        digest = lookup(node.ref)
+        if digest:
+            node.status, node.digest = "cached", digest
+        else:
+            node.status = "stale"
+            node.reason = _reason(node, previous, by_name)
+    plan = Plan(nodes=nodes, bake={}, skipped=[])
+    plan.bake = bake_file(plan, settings)
+    return plan
+
+
+def _comfy_specs(config: Config, settings: Settings) -> list[str]:
+    cache = settings.cache_dir
+    comfy = read_file(
+        cache,
+        config.comfyui.repo,
+        require_commit(config.comfyui.ref, "comfyui.ref"),
+        "requirements.txt",
+        "comfyui.repo",
+    )
+    manager = read_file(
+        cache,
+        config.manager.repo,
+        require_commit(config.manager.ref, "manager.ref"),
+        "requirements.txt",
+        "manager.repo",
+    )
+    specs: list[str] = []
+    for spec in requirement_lines(comfy) + requirement_lines(manager):
+        name = re.split(r"[\s<>=!~;\[]", spec, maxsplit=1)[0].lower()
+        if name in ("torch", "torchvision", "torchaudio"):
+            continue  # the target's torch layer provides these
+        if spec not in specs:
+            specs.append(spec)
+    return specs
+
+
+# ---------------------------------------------------------------------------------------------
+# The bake file
+
+
+def target_id(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", name)
+
+
+def bake_file(plan: Plan, settings: Settings) -> dict[str, Any]:
+    """A buildx bake definition (JSON) for the stale nodes only.
+
+    Parents are referenced by their hash tag through the ``PARENT`` build arg. Where the
+    builder supports named contexts (BuildKit >= 0.10), a stale parent is linked with
+    ``contexts`` so one bake builds the chain; otherwise ``level<N>`` groups let the caller
+    build level by level (BuildKit 0.8 on Debian 12's docker.io).
+    """
+    by_name = plan.by_name()
+    targets: dict[str, Any] = {}
+    groups: dict[str, list[str]] = {}
+    caps = settings.caps
+    for node in plan.stale:
+        parent = by_name[node.parent or ""]
+        parent_ref = settings.os_base_ref if parent.kind == "os-base" else parent.ref
+        spec: dict[str, Any] = {
+            "context": str(settings.build_dir / node.name),
+            "dockerfile": "Dockerfile",
+            "args": {"PARENT": parent_ref, **node.args},
+            "tags": [node.ref],
+            "labels": {
+                "io.aiclipse.node": node.name,
+                "io.aiclipse.node-hash": node.hash,
+                "org.opencontainers.image.source": settings.source,
+                "org.opencontainers.image.revision": settings.revision,
+            },
+            "secret": [f"id=ca,src={settings.ca_bundle}"],
+        }
+        if node.kind == "template":
+            spec["labels"]["org.opencontainers.image.title"] = node.name
+            spec["labels"].update(node.labels)
+        if settings.network:
+            spec["network"] = settings.network
+        if caps.named_contexts and parent.status == "stale":
+            spec["contexts"] = {parent_ref: f"target:{target_id(parent.name)}"}
+        cache_ref = f"{node.image}:cache-{node.name}"
+        if "registry" in caps.cache_export:
+            spec["cache-from"] = [f"type=registry,ref={cache_ref}"]
+            spec["cache-to"] = [f"type=registry,ref={cache_ref},mode=max"]
+        else:
+            spec["cache-to"] = ["type=inline"]
+        targets[target_id(node.name)] = spec
+        groups.setdefault(f"level{node.level}", []).append(target_id(node.name))
+    group = {name: {"targets": ids} for name, ids in sorted(groups.items())}
+    group["default"] = {"targets": list(targets)}
+    return {"group": group, "target": targets}
+
+
+def plan_json(plan: Plan, settings: Settings) -> dict[str, Any]:
+    nodes = []
+    by_name = plan.by_name()
+    for node in plan.nodes:
+        item = node.as_dict(settings.date_tag)
+        parent = by_name.get(node.parent or "")
+        item["parent_hash"] = parent.hash if parent else None
+        nodes.append(item)
+    return {"nodes": nodes, "skipped": plan.skipped}
+
+
+def write_outputs(plan: Plan, settings: Settings) -> tuple[Path, Path]:
+    """plan.json and bake.json in the build folder (written only when they change)."""
+    plan_path = settings.build_dir / "plan.json"
+    bake_path = settings.build_dir / "bake.json"
+    _write(plan_path, json.dumps(plan_json(plan, settings), indent=2, sort_keys=True) + "\n")
+    _write(bake_path, json.dumps(plan.bake, indent=2, sort_keys=True) + "\n")
+    return plan_path, bake_path
+
+
+def load_previous(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return {item["name"]: item for item in data.get("nodes", [])}
+
+
+def plan_table(plan: Plan) -> str:
+    """One line per node: status, name, hash tag and why it is stale."""
+    rows = [("STATUS", "NODE", "TAG", "LAYERS", "WHY")]
+    for node in plan.nodes:
+        if node.kind == "os-base":
+            continue
+        layers = ", ".join(f"{item['name']}({item['count']})" for item in node.layers) or "-"
+        rows.append((node.status, node.name, node.hash_tag, layers, node.reason or "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join(
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4]
+        for row in rows
+    )
