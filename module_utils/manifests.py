@@ -865,6 +865,18 @@ def _read(path: str | os.PathLike[str]) -> str:
         raise ManifestError(
             [ManifestIssue(str(path), 0, 0, f"not UTF-8 text ({err.reason})", "save as UTF-8")]
         ) from err
+    except OSError as err:
+        raise ManifestError(
+            [
+                ManifestIssue(
+                    str(path),
+                    0,
+                    0,
+                    f"cannot read: {err.strerror or err}",
+                    "check the file's permissions (the runtime reads it as its own user)",
+                )
+            ]
+        ) from err
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -1,0 +1,62 @@
+"""start.sh lint and the config writers it calls (aiclipse_config.py), without docker."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import aiclipse_config
+import manifests
+import pytest
+
+START = Path(__file__).resolve().parents[2] / "runtime" / "start.sh"
+
+
+def test_start_sh_parses_and_is_shellcheck_clean():
+    subprocess.run(["bash", "-n", str(START)], check=True)
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
+    done = subprocess.run(["shellcheck", str(START)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout
+
+
+def test_model_paths_cover_every_folder_and_are_idempotent(tmp_path, capsys):
+    config = tmp_path / "state" / "extra_model_paths.yaml"
+    argv = ["model-paths", "--root", str(tmp_path), "--config", str(config)]
+    assert aiclipse_config.main(argv) == 0
+    text = config.read_text()
+    for folder in manifests.MODEL_FOLDERS:
+        assert f"    {folder}: models/{folder}\n" in text
+        assert (tmp_path / "models" / folder).is_dir()
+    assert "custom_nodes: custom_nodes" in text
+    mtime = config.stat().st_mtime_ns
+    assert aiclipse_config.main(argv) == 0
+    assert config.stat().st_mtime_ns == mtime
+    assert "unchanged" in capsys.readouterr().out.splitlines()[-1]
+
+
+def test_jupyter_token_generated_once_then_kept(tmp_path, capsys):
+    argv = ["jupyter", "--dir", str(tmp_path / "j"), "--root", "/w", "--ip", "127.0.0.1"]
+    assert aiclipse_config.main(argv, env={}) == 0
+    first = capsys.readouterr().out
+    token = (tmp_path / "j" / "token").read_text().strip()
+    assert len(token) >= 24 and f"shown once, kept in {tmp_path / 'j' / 'token'}): {token}" in first
+    config = json.loads((tmp_path / "j" / "jupyter_server_config.json").read_text())
+    assert config["IdentityProvider"]["token"] == token
+    assert config["ServerApp"]["ip"] == "127.0.0.1"
+    assert (tmp_path / "j" / "jupyter_server_config.json").stat().st_mode & 0o777 == 0o600
+    assert aiclipse_config.main(argv, env={}) == 0
+    second = capsys.readouterr().out
+    assert token not in second and "config unchanged" in second
+    assert aiclipse_config.main(argv, env={"JUPYTER_TOKEN": "given-token"}) == 0
+    assert "given-token" not in capsys.readouterr().out
+    config = json.loads((tmp_path / "j" / "jupyter_server_config.json").read_text())
+    assert config["IdentityProvider"]["token"] == "given-token"
+
+
+def test_filebrowser_password_needs_12_characters(capsys):
+    assert aiclipse_config.main(["filebrowser-hash"], env={"FILEBROWSER_PASSWORD": "short"}) == 2
+    assert aiclipse_config.main(["filebrowser-hash"], env={"FILEBROWSER_PASSWORD": "x" * 12}) == 0
+    assert capsys.readouterr().out.startswith("$2")
