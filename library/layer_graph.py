@@ -263,15 +263,13 @@ def main() -> None:
         changed = False
         bake_path = plan_path = ""
         if not module.check_mode:
-            before = {
-                name: (build_dir / name).read_bytes() if (build_dir / name).exists() else None
-                for name in ("plan.json", "bake.json")
-            }
+            bake_before = build_dir / "bake.json"
+            old_bake = bake_before.read_bytes() if bake_before.exists() else b""
             plan_file, bake_file = write_outputs(plan, settings)
-            changed = (
-                before["plan.json"] != plan_file.read_bytes()
-                or before["bake.json"] != bake_file.read_bytes()
-            )
+            # changed: another bake file, or other node hashes/statuses (reasons do not count)
+            after = {node.name: (node.hash, node.status) for node in plan.nodes}
+            before = {n: (i.get("hash"), i.get("status")) for n, i in (previous or {}).items()}
+            changed = old_bake != bake_file.read_bytes() or before != after
             bake_path, plan_path = str(bake_file), str(plan_file)
     except EXPECTED as err:
         module.fail_json(msg=str(err))

@@ -16,6 +16,7 @@ import os
 import re
 import shlex
 import shutil
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -220,14 +221,22 @@ def _resolve_options(target: GpuTarget, base: ResolveOptions) -> ResolveOptions:
     return base
 
 
+def local_path(url: str) -> str | None:
+    """The file a ``file://`` URL of pip's report names (percent-decoded: ``+cpu`` is %2B)."""
+    if not url.startswith("file://"):
+        return None
+    return urllib.parse.unquote(urllib.parse.urlparse(url).path)
+
+
 def _with_local_hashes(layers: list[Layer]) -> list[Layer]:
     """Wheels found through a local wheelhouse carry no index hash: hash the file itself."""
     out = []
     for layer in layers:
         dists = []
         for dist in layer.dists:
-            if dist.sha256 is None and dist.url.startswith("file://"):
-                dist = dataclasses.replace(dist, sha256=file_sha256(dist.url[len("file://") :]))
+            path = local_path(dist.url)
+            if dist.sha256 is None and path:
+                dist = dataclasses.replace(dist, sha256=file_sha256(path))
             dists.append(dist)
         out.append(dataclasses.replace(layer, dists=tuple(dists)))
     return out
@@ -331,10 +340,7 @@ def render_base_gpu(
             stale.unlink()
     _write(context / "constraints.txt", constraints_text(layers))
     wheels = sorted(
-        dist.url[len("file://") :]
-        for layer in layers
-        for dist in layer.dists
-        if dist.url.startswith("file://")
+        path for layer in layers for dist in layer.dists if (path := local_path(dist.url))
     )
     if wheels:
         (context / "wheels").mkdir(exist_ok=True)

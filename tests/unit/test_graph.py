@@ -63,7 +63,7 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("world")
     wheels = root / "wheels"
     make_wheel(wheels, "filelock", "3.0.0")
-    make_wheel(wheels, "torch", "2.13.0", ("filelock",))
+    make_wheel(wheels, "torch", "2.13.0+cpu", ("filelock",))  # local version: %2B in URLs
     make_wheel(wheels, "torch", "2.8.0", ("filelock",))
     make_wheel(wheels, "numpy", "2.0.0")
     make_wheel(wheels, "numpy", "2.1.0")
@@ -151,7 +151,7 @@ def test_layers_have_no_overlap_and_torch_comes_first(world, tmp_path):
     names = [pin.split("==")[0] for layer in base.layers for pin in layer["pins"]]
     assert len(names) == len(set(names))
     first = base.layers[0]
-    assert first["name"] == "torch" and "torch==2.13.0" in first["pins"]
+    assert first["name"] == "torch" and "torch==2.13.0+cpu" in first["pins"]
     assert "filelock==3.0.0" in first["pins"]  # torch's dependency lives in torch's layer
     comfy = next(layer for layer in base.layers if layer["name"] == "comfyui")
     assert "pyyaml==6.0.0" in comfy["pins"] and not any("torch" in p for p in comfy["pins"])
@@ -159,7 +159,7 @@ def test_layers_have_no_overlap_and_torch_comes_first(world, tmp_path):
     # essentials is empty (comfyui took numpy first): no file, and the numbers stay put
     assert [f.name for f in lists] == ["01-torch.txt", "02-comfyui.txt", "04-extended.txt"]
     assert "--hash=sha256:" in lists[0].read_text()
-    assert (tmp_path / "b" / "base-cpu" / "wheels" / "torch-2.13.0-py3-none-any.whl").exists()
+    assert (tmp_path / "b" / "base-cpu" / "wheels" / "torch-2.13.0+cpu-py3-none-any.whl").exists()
 
 
 def test_same_inputs_same_hashes_at_other_paths(world, tmp_path):
