@@ -134,6 +134,14 @@ stale:
   returned: always
   type: list
   elements: str
+skipped:
+  description: Nodes that cannot be planned here (an unreachable source or index), with why.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - node: base-common
+      reason: "comfyui.repo: cannot fetch https://github.com/comfyanonymous/ComfyUI (...)"
 bake_file:
   description: Path of the bake file (empty in check mode).
   returned: always
@@ -280,6 +288,7 @@ def main() -> None:
         changed=changed,
         nodes=plan_json(plan, settings)["nodes"],
         stale=[node.name for node in plan.stale],
+        skipped=plan.skipped,
         bake_file=bake_path,
         plan_file=plan_path,
         table=plan_table(plan).splitlines(),

@@ -18,6 +18,11 @@ class GitSourceError(Exception):
     """A repository or commit cannot be read; the message names the variable and the fix."""
 
 
+class SourceUnreachable(GitSourceError):
+    """The repository cannot be fetched at all (network, DNS, wrong host): nodes that need it
+    are skipped with this reason rather than failing the whole plan."""
+
+
 def _git(args: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["git", *args], cwd=cwd, capture_output=True, text=True, check=False, timeout=600
@@ -53,7 +58,7 @@ def ensure_commit(cache_dir: Path, url: str, commit: str, where: str) -> Path:
     if fetched.returncode != 0:  # servers that refuse fetching a commit by SHA
         fetched = _git(["fetch", "--quiet", url, "+refs/*:refs/remotes/src/*"], cwd=repo)
     if fetched.returncode != 0:
-        raise GitSourceError(
+        raise SourceUnreachable(
             f"{where}: cannot fetch {url} ({fetched.stderr.strip() or 'git fetch failed'}). "
             "Fix: check the URL and the network, or point it at a reachable mirror"
         )

@@ -24,11 +24,17 @@ from typing import Any
 
 import jinja2
 from ansible.module_utils.config import Config, GpuTarget
-from ansible.module_utils.gitsource import read_file, require_commit, requirement_lines
+from ansible.module_utils.gitsource import (
+    SourceUnreachable,
+    read_file,
+    require_commit,
+    requirement_lines,
+)
 from ansible.module_utils.gpu_matrix import load_matrix_file, validate_target
 from ansible.module_utils.hashing import file_sha256, node_hash, short, tree_entries
 from ansible.module_utils.package_layers import (
     Layer,
+    ResolveError,
     ResolveOptions,
     apply_overrides,
     assign_layers,
@@ -110,7 +116,7 @@ class Node:
 
     @property
     def hash_tag(self) -> str:
-        return f"{self.name}-{short(self.hash)}"
+        return f"{self.name}-{short(self.hash)}" if self.hash else ""
 
     @property
     def ref(self) -> str:
@@ -356,6 +362,8 @@ def render_base_gpu(
     options = []
     if wheels:
         options.append("--find-links /ctx/wheels")
+    if wheels and all(local_path(d.url) for layer in layers for d in layer.dists):
+        options.append("--no-index")  # every wheel is in the context: no index to ask
     if target.torch_index_url:
         options.append(f"--extra-index-url {shlex.quote(target.torch_index_url)}")
     info = [
@@ -401,6 +409,7 @@ def render_template(
             template=template.name,
             gpu=target.name,
             fragment=template.fragment or "",
+            nodes=len(locked),
             comfy_args=template.comfy_args,
         ),
     )
@@ -473,16 +482,26 @@ def make_plan(
     common.args = render_base_common(env, build / common.name, config, settings)
     nodes.append(common)
     by_name[common.name] = common
-    comfy_specs = comfy_requirements() if comfy_requirements else _comfy_specs(config, settings)
+    try:
+        comfy_specs = comfy_requirements() if comfy_requirements else _comfy_specs(config, settings)
+    except SourceUnreachable as err:
+        common.status, common.reason = "skipped", str(err)
+        comfy_specs = []
 
     for target_name in sorted(wanted):
         target = config.target(target_name)
         base = Node(f"base-{target.name}", "base-gpu", "base-common", 2, target=target.name)
         base.image = image
-        layers = target_layers(config, target, settings, comfy_specs)
-        base.layers = render_base_gpu(env, build / base.name, target, layers, settings)
         nodes.append(base)
         by_name[base.name] = base
+        if common.status == "skipped":
+            base.status, base.reason = "skipped", "base-common skipped"
+        else:
+            try:
+                layers = target_layers(config, target, settings, comfy_specs)
+                base.layers = render_base_gpu(env, build / base.name, target, layers, settings)
+            except ResolveError as err:
+                base.status, base.reason = "skipped", f"package layers: {err}"
         for template in wanted[target_name]:
             node = Node(
                 f"{template.name}-{target.name}",
@@ -494,11 +513,16 @@ def make_plan(
                 image=image,
                 labels=template.label_map,
             )
-            render_template(env, build / node.name, template, target)
             nodes.append(node)
             by_name[node.name] = node
+            if base.status == "skipped":
+                node.status, node.reason = "skipped", f"{base.name} skipped"
+            else:
+                render_template(env, build / node.name, template, target)
 
     for node in nodes[1:]:
+        if node.status == "skipped":
+            continue
         node.files = _files(build / node.name)
         parent = by_name[node.parent or ""]
         node.hash = node_hash({"files": node.files, "args": node.args}, parent.hash)
@@ -508,7 +532,8 @@ def make_plan(
         else:
             node.status = "stale"
             node.reason = _reason(node, previous, by_name)
-    plan = Plan(nodes=nodes, bake={}, skipped=[])
+    skipped = [{"node": n.name, "reason": n.reason} for n in nodes if n.status == "skipped"]
+    plan = Plan(nodes=nodes, bake={}, skipped=skipped)
     plan.bake = bake_file(plan, settings)
     return plan
 
@@ -630,7 +655,7 @@ def plan_table(plan: Plan) -> str:
         if node.kind == "os-base":
             continue
         layers = ", ".join(f"{item['name']}({item['count']})" for item in node.layers) or "-"
-        rows.append((node.status, node.name, node.hash_tag, layers, node.reason or "-"))
+        rows.append((node.status, node.name, node.hash_tag or "-", layers, node.reason or "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     return "\n".join(
         "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4]

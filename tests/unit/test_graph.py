@@ -272,11 +272,34 @@ def test_a_branch_as_comfyui_ref_is_refused(world, tmp_path):
         plan(world, tmp_path / "b", config=config)
 
 
-def test_unreachable_comfyui_repo_names_the_variable(world, tmp_path):
+def test_unreachable_comfyui_repo_skips_everything_and_says_why(world, tmp_path):
     config = json.loads(json.dumps(world["config"]))
     config["comfyui"]["repo"] = "git://127.0.0.1:9/nothing.git"
-    with pytest.raises(GitSourceError, match=r"comfyui.repo: cannot fetch git://127.0.0.1:9"):
-        plan(world, tmp_path / "b", config=config)
+    p = plan(world, tmp_path / "b", config=config)
+    status = {n.name: (n.status, n.reason) for n in p.nodes[1:]}
+    assert status["base-common"][0] == "skipped"
+    assert status["base-common"][1].startswith("comfyui.repo: cannot fetch git://127.0.0.1:9")
+    assert status["tiny-cpu"] == ("skipped", "base-cpu skipped")
+    assert p.bake["target"] == {}
+    assert {item["node"] for item in p.skipped} == set(status)
+
+
+def test_a_target_that_cannot_resolve_is_skipped_the_others_planned(world, tmp_path):
+    config = json.loads(json.dumps(world["config"]))
+    config["gpu_targets"]["rtx4090"]["torch"] = "2.9.0"  # no such wheel in the wheelhouse
+    p = plan(world, tmp_path / "b", config=config)
+    status = {n.name: n.status for n in p.nodes[1:]}
+    assert status == {
+        "base-common": "stale",
+        "base-cpu": "stale",
+        "tiny-cpu": "stale",
+        "base-rtx4090": "skipped",
+        "tiny-rtx4090": "skipped",
+    }
+    reason = p.by_name()["base-rtx4090"].reason
+    assert reason.startswith("package layers: pip could not resolve") and "torch" in reason
+    assert set(p.bake["target"]) == {"base-common", "base-cpu", "tiny-cpu"}
+    assert "skipped  base-rtx4090  -" in plan_table(p)
 
 
 def test_unknown_template_lists_the_ones_that_exist(world):
