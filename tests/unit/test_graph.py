@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
+import gitserver
 import pytest
 from ansible.module_utils.config import load_config
 from ansible.module_utils.gitsource import GitSourceError
@@ -33,29 +33,12 @@ REPO = Path(__file__).resolve().parents[2]
 OS_BASE = "127.0.0.1:5999/t/os-base@sha256:" + "a" * 64
 
 
-def git(*args: str, cwd: Path) -> str:
-    env = {
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@t",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@t",
-        "GIT_AUTHOR_DATE": "2020-01-01T00:00:00Z",
-        "GIT_COMMITTER_DATE": "2020-01-01T00:00:00Z",
-        "PATH": "/usr/bin:/bin",
-    }
-    done = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
-
-
 def make_repo(path: Path, files: dict[str, str]) -> str:
-    path.mkdir(parents=True)
-    git("init", "-q", "-b", "main", cwd=path)
+    src = path.with_name(path.name + "-src")
+    src.mkdir(parents=True)
     for name, text in files.items():
-        (path / name).write_text(text)
-    git("add", "-A", cwd=path)
-    git("commit", "-q", "-m", "init", cwd=path)
-    return git("rev-parse", "HEAD", cwd=path)
+        (src / name).write_text(text)
+    return gitserver.make_repo(src, path)[1]
 
 
 @pytest.fixture(scope="module")
