@@ -51,6 +51,7 @@ def plan_vars(stack, sources, tmp: Path) -> dict:
         },
         "package_layers": [{"name": "essentials", "specs": ["pyyaml"]}],
         "package_layers_exclude": [],
+        "aiclipse_build": False,  # the plan only: tests/docker/test_build.py builds
     }
 
 
