@@ -61,7 +61,17 @@ def sources(tmp_path_factory):
     wheels = tmp_path_factory.mktemp("wheels")
     # A CPU torch stand-in (the real one is 183 MB) and dependencies no index has, so every
     # wheel comes from the build context and the layer installs need no index at all.
-    make_wheel(wheels, "torch", "2.13.0+cpu", ("aiclipse-test-dep",))
+    make_wheel(
+        wheels,
+        "torch",
+        "2.13.0+cpu",
+        ("aiclipse-test-dep",),
+        files={
+            "torch/__init__.py": "__version__ = '2.13.0+cpu'\nfrom . import cuda, version\n",
+            "torch/version.py": "cuda = None\n",
+            "torch/cuda.py": "def is_available():\n    return False\n",
+        },
+    )
     make_wheel(wheels, "aiclipse-test-dep", "1.0.0")
     make_wheel(wheels, "aiclipse-test-essential", "2.0.0")
     ca = tmp_path_factory.mktemp("ca") / "ca.crt"
@@ -94,6 +104,7 @@ def build_vars(stack, sources, tmp: Path) -> dict:
         "build_network": "host",
         "build_ca_bundle": sources["ca"],
         "image_jupyter_spec": "",
+        "image_verify_canaries": [CANARY],
     }
 
 
@@ -224,3 +235,15 @@ def test_second_run_builds_nothing_once_the_tags_are_pushed(built):
     logs = list((built["tmp"] / "build" / "logs").iterdir())
     assert len(logs) == 1  # the first run's folder only: no bake call, no log
     assert "changed: [localhost]" not in again.stdout.split("Build the stale images")[-1]
+
+
+def test_the_built_image_passed_verification(built):
+    """image_verify ran the testinfra suite on tiny-cpu (a container of the exact image)."""
+    out = built["run"].stdout
+    assert re.search(r"passed\s+tiny-cpu\s+\d+ passed", out), out[out.rfind("TASK [image_verify") :]
+    report = built["tmp"] / "build" / "verify" / "tiny-cpu.xml"
+    assert 'failures="0"' in report.read_text() and 'errors="0"' in report.read_text()
+    expect = json.loads((built["tmp"] / "build" / "verify" / "tiny-cpu.json").read_text())
+    assert expect["comfyui_commit"] == built["vars"]["comfyui"]["ref"]
+    assert oct((built["tmp"] / "build" / "verify" / "tiny-cpu.json").stat().st_mode)[-3:] == "600"
+    assert CANARY not in out  # the canary list is no_log

@@ -1,0 +1,54 @@
+"""What a built template image must hold, from the plan and the configuration.
+
+The image_verify role writes this as JSON for the testinfra suite
+(roles/image_verify/files/test_image.py): Python, torch and CUDA of the target, the GPU's
+compute capability, ComfyUI's and Manager's pins, each node with its commit, and the canary
+secrets that must be found nowhere in the image.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ansible.module_utils.config import Config
+from ansible.module_utils.gpu_matrix import load_matrix_file, target_capability
+
+
+def node_pins(context: Path) -> list[dict[str, str]]:
+    """Nodes and commits from a template context's ``nodes_manifest.txt`` (``url@commit``)."""
+    path = context / "nodes_manifest.txt"
+    pins = []
+    for line in path.read_text("utf-8").splitlines() if path.exists() else []:
+        url, _, commit = line.strip().rpartition("@")
+        if url:
+            name = url.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git")
+            pins.append({"name": name, "url": url, "commit": commit})
+    return pins
+
+
+def expectations(
+    config: Config,
+    node: dict[str, Any],
+    build_dir: Path,
+    matrix_file: Path,
+    python_version: str,
+    canaries: list[str],
+    uid: int = 1000,
+) -> dict[str, Any]:
+    target = config.target(node["target"])
+    capability = "" if target.is_cpu else target_capability(target, load_matrix_file(matrix_file))
+    return {
+        "node": node["name"],
+        "image": node["ref"],
+        "target": target.name,
+        "python": python_version,
+        "torch": target.torch,
+        "cuda": target.cuda,
+        "capability": capability,
+        "comfyui_commit": config.comfyui.ref,
+        "manager_commit": config.manager.ref,
+        "nodes": node_pins(build_dir / node["name"]),
+        "canaries": canaries,
+        "uid": uid,
+    }
