@@ -12,6 +12,7 @@ import hashlib
 import ipaddress
 import json
 import re
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -29,6 +30,10 @@ MANIFEST_TYPES = ", ".join(
 
 class RegistryError(Exception):
     """A registry answered something we cannot use; the message names the fix."""
+
+
+class RegistryUnreachable(RegistryError):
+    """No answer at all (connection refused, DNS, timeout): worth another try."""
 
 
 @dataclass(frozen=True)
@@ -132,21 +137,28 @@ class Registry:
         self.timeout = timeout
         self._tokens: dict[str, str] = {}
 
-    def _request(self, method: str, path: str, scope: str, headers: dict[str, str]):
+    def _request(
+        self,
+        method: str,
+        path: str,
+        scope: str,
+        headers: dict[str, str],
+        data: bytes | None = None,
+    ):
         url = self.base + path
         hdrs = dict(headers)
         if scope in self._tokens:
             hdrs["Authorization"] = self._tokens[scope]
-        req = urllib.request.Request(url, method=method, headers=hdrs)
+        req = urllib.request.Request(url, method=method, headers=hdrs, data=data)
         try:
             return urllib.request.urlopen(req, timeout=self.timeout)
         except urllib.error.HTTPError as err:
             if err.code == 401 and scope not in self._tokens:
                 self._tokens[scope] = self._authorize(err.headers.get("WWW-Authenticate", ""))
-                return self._request(method, path, scope, headers)
+                return self._request(method, path, scope, headers, data)
             raise
         except (urllib.error.URLError, OSError) as err:
-            raise RegistryError(
+            raise RegistryUnreachable(
                 f"registry {self.registry} is unreachable ({url}: {err}); check that it runs "
                 "and the address in `registry` is right"
             ) from err
@@ -223,3 +235,85 @@ class Registry:
                 f"registry {self.registry} answered HTTP {err.code} for "
                 f"{repository}{sep}{reference}"
             ) from err
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing: move tags by manifest (REG-2), with retries on 5xx and 429 (REG-3)
+
+RETRYABLE = (429, 500, 502, 503, 504)
+
+
+def retry_after(value: str | None, default: float, cap: float = 60.0) -> float:
+    """Seconds to wait from a Retry-After header (seconds; an HTTP date counts as default)."""
+    try:
+        return min(max(float(value or ""), 0.0), cap)
+    except ValueError:
+        return default
+
+
+class Writer(Registry):
+    """A registry client that also reads and writes manifests, retrying what may pass."""
+
+    def __init__(self, *args, attempts: int = 5, sleep=time.sleep, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.attempts = attempts
+        self.sleep = sleep
+        self.waited: list[float] = []
+
+    def _retrying(self, method: str, path: str, scope: str, headers, data=None):
+        delay = 1.0
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return self._request(method, path, scope, headers, data)
+            except urllib.error.HTTPError as err:
+                if err.code in (401, 403):
+                    raise self._denied() from err
+                if err.code not in RETRYABLE or attempt == self.attempts:
+                    raise RegistryError(
+                        f"registry {self.registry} answered HTTP {err.code} to {method} {path}"
+                        + (f" after {attempt} attempts" if attempt > 1 else "")
+                    ) from err
+                wait = retry_after(err.headers.get("Retry-After"), delay)
+            except RegistryUnreachable:
+                if attempt == self.attempts:
+                    raise
+                wait = delay
+            self.waited.append(wait)
+            self.sleep(wait)
+            delay = min(delay * 2, 30.0)
+        raise AssertionError("unreachable")
+
+    def get_manifest(self, repository: str, reference: str) -> tuple[str, bytes, str]:
+        """(media type, raw bytes, digest) of a manifest."""
+        scope = f"repository:{repository}:pull"
+        with self._retrying(
+            "GET", f"/v2/{repository}/manifests/{reference}", scope, {"Accept": MANIFEST_TYPES}
+        ) as resp:
+            body = resp.read()
+            media = resp.headers.get("Content-Type", "").split(";")[0]
+            digest = resp.headers.get("Docker-Content-Digest") or (
+                "sha256:" + hashlib.sha256(body).hexdigest()
+            )
+        return media, body, digest
+
+    def put_manifest(self, repository: str, tag: str, media: str, body: bytes) -> str:
+        scope = f"repository:{repository}:pull,push"
+        with self._retrying(
+            "PUT", f"/v2/{repository}/manifests/{tag}", scope, {"Content-Type": media}, body
+        ) as resp:
+            return resp.headers.get("Docker-Content-Digest", "")
+
+    def retag(self, repository: str, digest: str, tags: list[str]) -> list[str]:
+        """Point each tag at the manifest ``digest`` (no rebuild, no blob moves)."""
+        media, body, got = self.get_manifest(repository, digest)
+        if got != digest:
+            raise RegistryError(
+                f"registry {self.registry} returned manifest {got} for {repository}@{digest}"
+            )
+        moved = []
+        for tag in tags:
+            answer = self.put_manifest(repository, tag, media, body)
+            if answer and answer != digest:
+                raise RegistryError(f"{repository}:{tag} now points at {answer}, not {digest}")
+            moved.append(tag)
+        return moved

@@ -7,8 +7,8 @@ test wheelhouse, JupyterLab is left out (its PyPI install is slow; the rendering
 a unit test). The CA bundle given to builds as the ``ca`` secret carries a canary line, which
 must appear in no layer, no history and no image config.
 
-Push is a later step of build.yml that does not exist yet: the test pushes the hash tags
-itself before the second run, which must then build nothing (no bake call, all cached).
+build.yml then verifies tiny-cpu and pushes all three (hash tags, digests confirmed, the
+release tag moved); a second run builds nothing and pushes 0 bytes.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import re
 import subprocess
 import sys
 import tarfile
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -225,16 +227,45 @@ def test_the_ca_bundle_is_in_no_layer_history_or_config(built, tmp_path):
                 assert not any(n.endswith("run/secrets/ca") for n in names), member.name
 
 
-def test_second_run_builds_nothing_once_the_tags_are_pushed(built):
-    # The push step is not written yet: push the hash tags the way it will (by tag here).
+def registry_digest(stack, repo: str, tag: str) -> str | None:
+    req = urllib.request.Request(
+        f"http://{stack['listen']}/v2/{repo}/manifests/{tag}",
+        method="HEAD",
+        headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.headers["Docker-Content-Digest"]
+    except urllib.error.HTTPError as err:
+        assert err.code == 404
+        return None
+
+
+def test_push_confirms_digests_and_moves_the_release_tag(built, stack):
+    """REG-1/2: hash tags pushed, the release tag points at the verified manifest."""
+    out = built["run"].stdout
+    # the YAML callback folds long lines: compare without whitespace
+    pushed = re.sub(r"\s+", "", out[out.rfind("TASK [image_push : Show what was pushed]") :])
     for node in NODES:
-        docker("push", ref(built, node), timeout=300)
+        plan = built["plan"][node]
+        repo, tag = plan["ref"].split("/", 1)[1].rsplit(":", 1)
+        digest = registry_digest(stack, repo, tag)
+        assert digest and digest in pushed, (node, digest)
+    tiny = built["plan"]["tiny-cpu"]
+    repo, hash_tag = tiny["ref"].split("/", 1)[1].rsplit(":", 1)
+    assert registry_digest(stack, repo, "tiny-cpu") == registry_digest(stack, repo, hash_tag)
+    total = int(re.search(r"bytespushedinall:(\d+)", pushed)[1])
+    assert total > 0
+
+
+def test_second_run_builds_and_pushes_nothing(built):
     again = playbook("build.yml", built["vars"])
     assert again.returncode == 0, again.stdout[-6000:]
     assert {n: statuses(again.stdout).get(n) for n in NODES} == dict.fromkeys(NODES, "cached")
     logs = list((built["tmp"] / "build" / "logs").iterdir())
     assert len(logs) == 1  # the first run's folder only: no bake call, no log
     assert "changed: [localhost]" not in again.stdout.split("Build the stale images")[-1]
+    assert "bytes pushed in all: 0" in again.stdout
 
 
 def test_the_built_image_passed_verification(built):
