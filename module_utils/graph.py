@@ -11,6 +11,7 @@ into a ``docker buildx bake`` file.
 from __future__ import annotations
 
 import dataclasses
+import filecmp
 import json
 import os
 import re
@@ -276,6 +277,32 @@ def target_layers(
     return _with_local_hashes(assign_layers(layer_specs, resolution))
 
 
+def _link(source: Path, dest: Path) -> None:
+    """Hard-link (else copy) ``source`` to ``dest`` unless the same bytes are already there."""
+    if dest.exists():
+        if filecmp.cmp(source, dest, shallow=False):
+            return
+        dest.unlink()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, dest)
+    except OSError:
+        shutil.copy2(source, dest)
+
+
+def _prune(folder: Path, keep: set[Path]) -> None:
+    """Remove every file under ``folder`` not in ``keep``, then the folders left empty."""
+    if not folder.exists():
+        return
+    for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if path.is_file() and path not in keep:
+            path.unlink()
+        elif path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+    if not any(folder.iterdir()):
+        folder.rmdir()
+
+
 def _layer_file(index: int, layer: Layer) -> str:
     return f"{index:02d}-{layer.name}.txt"
 
@@ -345,39 +372,38 @@ def render_base_gpu(
         if stale.name not in files:
             stale.unlink()
     _write(context / "constraints.txt", constraints_text(layers))
-    wheels = sorted(
-        path for layer in layers for dist in layer.dists if (path := local_path(dist.url))
-    )
-    if wheels:
-        (context / "wheels").mkdir(exist_ok=True)
+    # Each layer's stage mounts only its own requirements file and wheels: BuildKit keys a
+    # RUN on the content of what it mounts, so a change to one layer re-runs only its stage.
+    info, kept = [], set()
+    for index, layer in enumerate(layers, start=1):
+        if not layer.dists:
+            continue
+        stem = _layer_file(index, layer).removesuffix(".txt")
+        wheels = sorted(path for dist in layer.dists if (path := local_path(dist.url)))
         for wheel in wheels:
-            dest = context / "wheels" / Path(wheel).name
-            if not dest.exists():
-                try:
-                    os.link(wheel, dest)
-                except OSError:
-                    shutil.copy2(wheel, dest)
-    elif (context / "wheels").exists():
-        shutil.rmtree(context / "wheels")
-    options = []
-    if wheels:
-        options.append("--find-links /ctx/wheels")
-    if wheels and all(local_path(d.url) for layer in layers for d in layer.dists):
-        options.append("--no-index")  # every wheel is in the context: no index to ask
-    if target.torch_index_url:
-        options.append(f"--extra-index-url {shlex.quote(target.torch_index_url)}")
-    info = [
-        {"name": layer.name, "file": _layer_file(i, layer), "count": len(layer.dists)}
-        for i, layer in enumerate(layers, start=1)
-        if layer.dists
-    ]
+            dest = context / "wheels" / stem / Path(wheel).name
+            kept.add(dest)
+            _link(Path(wheel), dest)
+        options = ["--find-links /ctx/wheels"] if wheels else []
+        if wheels and len(wheels) == len(layer.dists):
+            options.append("--no-index")  # every wheel is in the context: no index to ask
+        if target.torch_index_url and len(wheels) < len(layer.dists):
+            options.append(f"--extra-index-url {shlex.quote(target.torch_index_url)}")
+        info.append(
+            {
+                "name": layer.name,
+                "file": f"{stem}.txt",
+                "count": len(layer.dists),
+                "wheels": stem if wheels else "",
+                "index_options": " ".join(options),
+            }
+        )
+    _prune(context / "wheels", kept)
     _write(
         context / "Dockerfile",
         env.get_template("Dockerfile.base-gpu.j2").render(
             gpu=target.name,
             layers=info,
-            wheelhouse=bool(wheels),
-            index_options=" ".join(options),
             copy_link=settings.caps.copy_link,
             arch_list=target.torch_cuda_arch_list,
         ),

@@ -49,9 +49,15 @@ def test_the_ca_bundle_is_only_ever_a_secret_mount():
     texts.append(
         ENV.get_template("Dockerfile.base-gpu.j2").render(
             gpu="cpu",
-            layers=[{"name": "torch", "file": "01-torch.txt", "count": 2}],
-            wheelhouse=True,
-            index_options="--find-links /ctx/wheels --no-index",
+            layers=[
+                {
+                    "name": "torch",
+                    "file": "01-torch.txt",
+                    "count": 2,
+                    "wheels": "01-torch",
+                    "index_options": "--find-links /ctx/wheels --no-index",
+                }
+            ],
             copy_link=False,
             arch_list="",
         )

@@ -142,7 +142,13 @@ def test_layers_have_no_overlap_and_torch_comes_first(world, tmp_path):
     # essentials is empty (comfyui took numpy first): no file, and the numbers stay put
     assert [f.name for f in lists] == ["01-torch.txt", "02-comfyui.txt", "04-extended.txt"]
     assert "--hash=sha256:" in lists[0].read_text()
-    assert (tmp_path / "b" / "base-cpu" / "wheels" / "torch-2.13.0+cpu-py3-none-any.whl").exists()
+    wheels = tmp_path / "b" / "base-cpu" / "wheels"
+    # each stage mounts its own folder of wheels, so one layer's change keys no other stage
+    assert (wheels / "01-torch" / "torch-2.13.0+cpu-py3-none-any.whl").exists()
+    assert not (wheels / "02-comfyui" / "torch-2.13.0+cpu-py3-none-any.whl").exists()
+    dockerfile = (tmp_path / "b" / "base-cpu" / "Dockerfile").read_text()
+    assert "source=layers/01-torch.txt,target=/ctx/requirements.txt" in dockerfile
+    assert "source=wheels/01-torch,target=/ctx/wheels" in dockerfile
 
 
 def test_same_inputs_same_hashes_at_other_paths(world, tmp_path):
