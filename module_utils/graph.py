@@ -121,6 +121,8 @@ class Node:
 
     @property
     def ref(self) -> str:
+        if self.kind == "os-base":  # an input: the reference it was resolved to (BLD-1)
+            return self.image
         return f"{self.image}:{self.hash_tag}"
 
     def release_tags(self, date_tag: str = "") -> list[str]:
@@ -495,7 +497,7 @@ def make_plan(
     os_base = Node(
         "os-base", "os-base", None, 0, hash=node_hash({"ref": settings.os_base_ref}, None)
     )
-    os_base.image, os_base.status = settings.os_base_ref.split("@")[0], "external"
+    os_base.image, os_base.status = settings.os_base_ref, "external"
     nodes: list[Node] = [os_base]
     by_name = {"os-base": os_base}
     if not wanted:

@@ -239,6 +239,8 @@ def test_plan_json_round_trips(world, tmp_path):
     tiny = next(n for n in data["nodes"] if n["name"] == "tiny-cpu")
     assert tiny["release_tags"] == ["tiny-cpu", "tiny-cpu-20261123"]
     assert tiny["parent_hash"] == p.by_name()["base-cpu"].hash
+    os_base = next(n for n in data["nodes"] if n["name"] == "os-base")
+    assert (os_base["status"], os_base["ref"]) == ("external", OS_BASE)  # what it resolved to
 
 
 def test_rtx5090_with_cuda_12_4_is_refused_before_anything_builds(world, tmp_path):
