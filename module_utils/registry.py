@@ -296,6 +296,12 @@ class Writer(Registry):
             )
         return media, body, digest
 
+    def get_blob(self, repository: str, digest: str) -> bytes:
+        """A blob's bytes (an image config; layers are too big to read this way)."""
+        scope = f"repository:{repository}:pull"
+        with self._retrying("GET", f"/v2/{repository}/blobs/{digest}", scope, {}) as resp:
+            return resp.read()
+
     def put_manifest(self, repository: str, tag: str, media: str, body: bytes) -> str:
         scope = f"repository:{repository}:pull,push"
         with self._retrying(

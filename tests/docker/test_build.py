@@ -8,20 +8,25 @@ a unit test). The CA bundle given to builds as the ``ca`` secret carries a canar
 must appear in no layer, no history and no image config.
 
 build.yml then verifies tiny-cpu and pushes all three (hash tags, digests confirmed, the
-release tag moved); a second run builds nothing and pushes 0 bytes.
+release tag moved) and writes the report; a second run builds nothing and pushes 0 bytes; a
+template change that fails verification moves no tag; a one-package change re-runs only that
+layer's stage and pushes about that layer's bytes.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import random
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
 import urllib.error
 import urllib.request
 import uuid
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -75,7 +80,16 @@ def sources(tmp_path_factory):
         },
     )
     make_wheel(wheels, "aiclipse-test-dep", "1.0.0")
-    make_wheel(wheels, "aiclipse-test-essential", "2.0.0")
+    # Two releases of one package of the "essentials" layer, each with 256 KB that gzip
+    # cannot shrink, so that layer's bytes stand out from the small ones around it.
+    for version, seed in (("2.0.0", 1), ("2.0.1", 2)):
+        blob = random.Random(seed).randbytes(256 * 1024).hex()
+        make_wheel(
+            wheels,
+            "aiclipse-test-essential",
+            version,
+            files={"aiclipse_test_essential/blob.py": f"BLOB = {blob!r}\n"},
+        )
     ca = tmp_path_factory.mktemp("ca") / "ca.crt"
     bundle = Path("/etc/ssl/certs/ca-certificates.crt").read_text()
     ca.write_text(f"# {CANARY}\n{bundle}")
@@ -101,12 +115,13 @@ def build_vars(stack, sources, tmp: Path) -> dict:
         "gpu_targets": {
             "cpu": {"cuda": "cpu", "torch": "2.13.0", "torch_wheelhouse": sources["wheels"]}
         },
-        "package_layers": [{"name": "essentials", "specs": ["aiclipse-test-essential"]}],
+        "package_layers": [{"name": "essentials", "specs": ["aiclipse-test-essential==2.0.0"]}],
         "package_layers_exclude": [],
         "build_network": "host",
         "build_ca_bundle": sources["ca"],
         "image_jupyter_spec": "",
         "image_verify_canaries": [CANARY],
+        "aiclipse_reports_dir": str(tmp / "reports"),
     }
 
 
@@ -120,10 +135,13 @@ def built(stack, sources, tmp_path_factory):
         plan = {
             n["name"]: n for n in json.loads((tmp / "build" / "plan.json").read_text())["nodes"]
         }
-    yield {"run": run, "plan": plan, "tmp": tmp, "vars": extra}
-    for node in plan.values():
-        if node.get("ref") and node["kind"] != "os-base":
-            docker("rmi", "-f", node["ref"], check=False)
+    first = tmp / "reports" / "latest" / "report.json"
+    report = json.loads(first.read_text()) if first.exists() else {}
+    state = {"run": run, "plan": plan, "tmp": tmp, "vars": extra, "refs": set(), "report": report}
+    yield state
+    refs = state["refs"] | {n["ref"] for n in plan.values() if n["kind"] != "os-base"}
+    for image in refs:
+        docker("rmi", "-f", image, check=False)
 
 
 def ref(built, node: str) -> str:
@@ -264,8 +282,12 @@ def test_second_run_builds_and_pushes_nothing(built):
     assert {n: statuses(again.stdout).get(n) for n in NODES} == dict.fromkeys(NODES, "cached")
     logs = list((built["tmp"] / "build" / "logs").iterdir())
     assert len(logs) == 1  # the first run's folder only: no bake call, no log
-    assert "changed: [localhost]" not in again.stdout.split("Build the stale images")[-1]
+    build_to_push = again.stdout.split("Build the stale images")[-1].split("PLAY [Report")[0]
+    assert "changed: [localhost]" not in build_to_push
     assert "bytes pushed in all: 0" in again.stdout
+    report = latest_report(built)
+    assert report["summary"]["cached"] == list(NODES) and report["summary"]["bytes_pushed"] == 0
+    built["second_report"] = report
 
 
 def test_the_built_image_passed_verification(built):
@@ -278,3 +300,116 @@ def test_the_built_image_passed_verification(built):
     assert expect["comfyui_commit"] == built["vars"]["comfyui"]["ref"]
     assert oct((built["tmp"] / "build" / "verify" / "tiny-cpu.json").stat().st_mode)[-3:] == "600"
     assert CANARY not in out  # the canary list is no_log
+
+
+def latest_report(built) -> dict:
+    return json.loads((built["tmp"] / "reports" / "latest" / "report.json").read_text())
+
+
+def tags(stack, repo: str) -> dict[str, str]:
+    """Every tag of ``repo`` in the session's registry and the digest it points at."""
+    with urllib.request.urlopen(f"http://{stack['listen']}/v2/{repo}/tags/list", timeout=5) as r:
+        names = json.load(r).get("tags") or []
+    return {tag: registry_digest(stack, repo, tag) for tag in sorted(names)}
+
+
+def test_the_report_has_every_image_with_its_layer_sizes(built, stack):
+    """Issue 4 item 5: JSON, a table in the output and an SVG chart, per image."""
+    report = built["report"]
+    images = {item["node"]: item for item in report["images"]}
+    assert report["summary"]["built"] == list(NODES) and report["summary"]["ok"]
+    assert report["templates"] == ["tiny"] and report["layers_unread"] == []
+    tiny = images["tiny-cpu"]
+    assert tiny["status"] == "built" and tiny["pushed"] and tiny["verified"] == "passed"
+    repo, hash_tag = tiny["ref"].split("/", 1)[1].rsplit(":", 1)
+    assert tiny["digest"] == registry_digest(stack, repo, hash_tag)
+    assert tiny["tags"] == built["plan"]["tiny-cpu"]["release_tags"]
+    assert tiny["build_seconds"] > 0 and tiny["push_seconds"] > 0
+    owners = [layer["owner"] for layer in tiny["layers"]]
+    assert {"os-base", "base-common", "base-cpu", "tiny-cpu"} <= set(owners)
+    assert owners == sorted(owners, key=["os-base", *NODES].index)  # parents' layers first
+    assert tiny["size"] == sum(layer["size"] for layer in tiny["layers"]) > 0
+    pushed = sum(images[n]["bytes_pushed"] for n in NODES)
+    assert report["summary"]["bytes_pushed"] == pushed > 0
+    # layers shared down the chain are stored once
+    assert report["summary"]["unique_bytes"] < report["summary"]["images_bytes"]
+    folder = built["tmp"] / "reports" / report["stamp"]
+    chart = ET.parse(folder / "layers.svg").getroot()
+    bars = [t.text for t in chart.iter("{http://www.w3.org/2000/svg}text")]
+    assert all(node in bars for node in NODES)
+    out = built["run"].stdout
+    shown = out[out.rfind("TASK [Show the report]") :]
+    assert re.search(r"built\s+tiny-cpu\s+[0-9a-f]{12}\s+\d", shown), shown[:3000]
+
+
+def test_a_failing_verification_leaves_the_tags_untouched(built, stack, tmp_path):
+    """A template change whose image leaks a canary fails verification: nothing is pushed,
+    no tag moves, and the report names the failure (REG-2)."""
+    repo = built["plan"]["tiny-cpu"]["ref"].split("/", 1)[1].rsplit(":", 1)[0]
+    before = tags(stack, repo)
+    leak = f"aiclipse-canary-leak-{uuid.uuid4().hex}"
+    templates = tmp_path / "templates"
+    shutil.copytree(REPO / "tests" / "fixtures" / "templates" / "tiny", templates / "tiny")
+    workflow = json.loads((templates / "tiny" / "workflows" / "tiny.json").read_text())
+    workflow["extra"] = {"token": leak}  # a secret pasted into an example workflow
+    (templates / "tiny" / "workflows" / "leak.json").write_text(json.dumps(workflow))
+    extra = {
+        **built["vars"],
+        "aiclipse_templates_dir": str(templates),
+        "image_verify_canaries": [CANARY, leak],
+    }
+    run = playbook("build.yml", extra)
+    plan = {
+        n["name"]: n
+        for n in json.loads((built["tmp"] / "build" / "plan.json").read_text())["nodes"]
+    }
+    built["refs"].add(plan["tiny-cpu"]["ref"])
+    assert run.returncode != 0
+    assert plan["tiny-cpu"]["ref"] != built["plan"]["tiny-cpu"]["ref"]
+    assert tags(stack, repo) == before  # no hash tag pushed, no release tag moved
+    report = latest_report(built)
+    assert report["summary"]["failed"] == ["tiny-cpu"] and not report["summary"]["ok"]
+    assert report["summary"]["cached"] == ["base-common", "base-cpu"]
+    assert report["summary"]["bytes_pushed"] == 0
+    failed = next(i for i in report["images"] if i["node"] == "tiny-cpu")
+    assert failed["why"].startswith("verification failed: 1 failed")
+    assert (
+        "tiny-cpu: verification failed"
+        in run.stdout[run.stdout.rfind("TASK [Fail when an image") :]
+    )
+    assert leak not in run.stdout  # the canaries are no_log
+
+
+def test_one_package_change_rebuilds_its_layer_and_pushes_about_its_bytes(built, stack):
+    """aiclipse-test-essential 2.0.0 -> 2.0.1: base-common stays cached; in base-cpu only the
+    essentials stage runs (torch's stage is cached); the bytes pushed are about that layer."""
+    logs = built["tmp"] / "build" / "logs"
+    before_logs = set(logs.iterdir())
+    before = {i["node"]: i for i in built["second_report"]["images"]}
+    extra = {
+        **built["vars"],
+        "package_layers": [{"name": "essentials", "specs": ["aiclipse-test-essential==2.0.1"]}],
+    }
+    run = playbook("build.yml", extra)
+    plan = {
+        n["name"]: n
+        for n in json.loads((built["tmp"] / "build" / "plan.json").read_text())["nodes"]
+    }
+    built["refs"] |= {plan[n]["ref"] for n in NODES}
+    assert run.returncode == 0, run.stdout[-6000:]
+    report = latest_report(built)
+    assert report["summary"]["cached"] == ["base-common"]
+    assert report["summary"]["built"] == ["base-cpu", "tiny-cpu"]
+    (new_logs,) = set(logs.iterdir()) - before_logs
+    base_log = (new_logs / "level2.base-cpu.log").read_text()
+    assert "aiclipse_test_essential-2.0.1" in base_log
+    assert "Processing /ctx/wheels/torch" not in base_log  # torch's stage came from the cache
+    assert not (new_logs / "level1.base-common.log").exists()
+    images = {i["node"]: i for i in report["images"]}
+    old = {layer["digest"] for layer in before["base-cpu"]["layers"]}
+    new_layers = [layer for layer in images["base-cpu"]["layers"] if layer["digest"] not in old]
+    essentials = max(layer["size"] for layer in new_layers)
+    assert essentials > 200 * 1024  # the 256 KB blob, gzip could not shrink it
+    assert images["base-cpu"]["bytes_pushed"] == sum(layer["size"] for layer in new_layers)
+    total = report["summary"]["bytes_pushed"]
+    assert total <= 1.1 * essentials, (total, essentials, new_layers)
