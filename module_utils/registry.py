@@ -302,6 +302,40 @@ class Writer(Registry):
         with self._retrying("GET", f"/v2/{repository}/blobs/{digest}", scope, {}) as resp:
             return resp.read()
 
+    def tags(self, repository: str) -> list[str]:
+        """Every tag of ``repository`` (following the ``Link`` pages); none when it is absent."""
+        scope = f"repository:{repository}:pull"
+        path, names = f"/v2/{repository}/tags/list?n=1000", []
+        while path:
+            try:
+                with self._retrying("GET", path, scope, {}) as resp:
+                    names += json.load(resp).get("tags") or []
+                    link = resp.headers.get("Link", "")
+            except RegistryError as err:
+                if "HTTP 404" in str(err):
+                    return []
+                raise
+            match = re.match(r'<([^>]+)>;\s*rel="next"', link)
+            path = match.group(1) if match else ""
+            if path.startswith(("http://", "https://")):
+                path = "/" + path.split("/", 3)[3]
+        return names
+
+    def delete_manifest(self, repository: str, digest: str) -> None:
+        """Delete a manifest by digest: every tag pointing at it goes with it."""
+        scope = f"repository:{repository}:pull,push,delete"
+        try:
+            with self._retrying("DELETE", f"/v2/{repository}/manifests/{digest}", scope, {}):
+                pass
+        except RegistryError as err:
+            if "HTTP 405" in str(err) or "HTTP 400" in str(err):
+                raise RegistryError(
+                    f"registry {self.registry} does not allow deleting {repository}@{digest} "
+                    f"({err}); enable deletes (docker-registry: storage.delete.enabled: true) "
+                    "or set nightly_retention_keep: 0 to keep every dated tag"
+                ) from err
+            raise
+
     def put_manifest(self, repository: str, tag: str, media: str, body: bytes) -> str:
         scope = f"repository:{repository}:pull,push"
         with self._retrying(
