@@ -102,6 +102,7 @@ class GitSource:
 
     repo: str
     ref: str
+    follow: str = ""  # nightly.yml moves ref to what this branch, tag or tag glob names
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ class ManagerSource:
     repo: str
     ref: str
     security_level: str = "normal"
+    follow: str = ""
 
 
 @dataclass(frozen=True)
@@ -489,16 +491,19 @@ def _load_replace(value: Any, exclude: tuple[str, ...]) -> tuple[tuple[str, str]
 
 def _load_git(value: Any, where: str) -> GitSource:
     data = _mapping(value, where)
-    _check_keys(data, where, ("repo", "ref"), ("repo", "ref"))
+    _check_keys(data, where, ("repo", "ref", "follow"), ("repo", "ref"))
     return GitSource(
         repo=_repo(data["repo"], f"{where}.repo"),
         ref=_string(data["ref"], f"{where}.ref", "v0.3.40 or a full commit SHA"),
+        follow=_string(data.get("follow", ""), f"{where}.follow", "master or v*")
+        if "follow" in data
+        else "",
     )
 
 
 def _load_manager(value: Any) -> ManagerSource:
     data = _mapping(value, "manager")
-    _check_keys(data, "manager", ("repo", "ref", "security_level"), ("repo", "ref"))
+    _check_keys(data, "manager", ("repo", "ref", "security_level", "follow"), ("repo", "ref"))
     level = data.get("security_level", "normal")
     if level not in _MANAGER_SECURITY_LEVELS:
         raise ConfigError(
@@ -510,6 +515,7 @@ def _load_manager(value: Any) -> ManagerSource:
         repo=_repo(data["repo"], "manager.repo"),
         ref=_string(data["ref"], "manager.ref", "3.38 or a full commit SHA"),
         security_level=level,
+        follow=_string(data["follow"], "manager.follow", "main or 3.*") if "follow" in data else "",
     )
 
 

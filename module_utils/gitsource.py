@@ -6,6 +6,7 @@ resolve the package layers; it fetches the commit once into ``<cache>/git/<sha25
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import re
 import subprocess
@@ -84,3 +85,43 @@ def requirement_lines(text: str | None) -> list[str]:
         if line and not line.startswith(("#", "-")):
             specs.append(line)
     return specs
+
+
+def _version_key(name: str) -> tuple:
+    """Sort key for release tags: the numbers in the name, then the name (v0.3.10 > v0.3.9)."""
+    return (tuple(int(n) for n in re.findall(r"\d+", name)), name)
+
+
+def follow(url: str, pattern: str, where: str) -> tuple[str, str]:
+    """(ref, commit) that ``pattern`` names in ``url`` now: a branch or tag name, or a tag
+    glob such as ``v*`` (the release line: the highest version that matches)."""
+    done = _git(["ls-remote", "--heads", "--tags", url])
+    if done.returncode != 0:
+        raise SourceUnreachable(
+            f"{where}: cannot list the refs of {url} ({done.stderr.strip() or 'ls-remote failed'})."
+            " Fix: check the URL and the network, or point it at a reachable mirror"
+        )
+    refs: dict[str, str] = {}
+    for line in done.stdout.splitlines():
+        commit, _, name = line.partition("\t")
+        if name.endswith("^{}"):  # an annotated tag's commit wins over the tag object
+            refs[name[:-3]] = commit
+        else:
+            refs.setdefault(name, commit)
+    if any(ch in pattern for ch in "*?["):
+        tags = [n[len("refs/tags/") :] for n in refs if n.startswith("refs/tags/")]
+        matching = [t for t in tags if fnmatch.fnmatchcase(t, pattern)]
+        if not matching:
+            raise GitSourceError(
+                f"{where}: no tag of {url} matches {pattern!r}. Fix: correct the pattern "
+                f"(tags there: {', '.join(sorted(tags)[-5:]) or 'none'})"
+            )
+        best = max(matching, key=_version_key)
+        return best, refs[f"refs/tags/{best}"]
+    for name in (f"refs/heads/{pattern}", f"refs/tags/{pattern}"):
+        if name in refs:
+            return pattern, refs[name]
+    raise GitSourceError(
+        f"{where}: {url} has no branch or tag {pattern!r}. Fix: name an existing branch, tag or "
+        "tag pattern (v*)"
+    )

@@ -322,3 +322,15 @@ def test_arch_list_syntax() -> None:
         check_arch_list_syntax("8.9;8.9", "x")
     with pytest.raises(ConfigError, match=r"x: entry '8\.9 ' "):
         check_arch_list_syntax("8.9 ;9.0", "x")
+
+
+def test_follow_is_optional_and_must_be_a_string() -> None:
+    data = base_vars()
+    data["comfyui"]["follow"] = "v*"
+    data["manager"]["follow"] = "main"
+    config = load_config(data)
+    assert (config.comfyui.follow, config.manager.follow) == ("v*", "main")
+    assert config.comfyui.ref == "v0.3.40"  # the plan builds the pin; nightly.yml moves it
+    data["comfyui"]["follow"] = 3.1
+    err = error_for(data)
+    assert "comfyui.follow" in str(err) and "quote it" in str(err)

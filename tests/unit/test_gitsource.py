@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytest
 from ansible.module_utils.gitsource import (
     GitSourceError,
+    SourceUnreachable,
     ensure_commit,
+    follow,
     read_file,
     require_commit,
     requirement_lines,
 )
-from gitserver import commit_all, make_repo
+from gitserver import commit_all, git, make_repo
 
 
 @pytest.fixture
@@ -50,3 +52,36 @@ def test_a_commit_the_repository_lacks_is_named(tmp_path, repo):
     path, _ = repo
     with pytest.raises(GitSourceError, match=r"manager.repo: .*" + "b" * 40):
         ensure_commit(tmp_path / "cache", f"file://{path}", "b" * 40, "manager.repo")
+
+
+def test_follow_a_branch_moves_with_it(repo):
+    path, first = repo
+    url = f"file://{path}"
+    assert follow(url, "main", "comfyui.follow") == ("main", first)
+    (path / "new.txt").write_text("x\n")
+    second = commit_all(path, "next")
+    assert follow(url, "main", "comfyui.follow") == ("main", second)
+
+
+def test_follow_the_release_line_takes_the_highest_version(repo):
+    path, first = repo
+    git(path, "tag", "v0.3.9")
+    (path / "a.txt").write_text("a\n")
+    newest = commit_all(path, "newest")
+    git(path, "tag", "-a", "-m", "release", "v0.3.10")  # annotated: the commit, not the tag
+    (path / "b.txt").write_text("b\n")
+    commit_all(path, "unreleased")
+    git(path, "tag", "nightly-20261123")
+    url = f"file://{path}"
+    assert follow(url, "v*", "comfyui.follow") == ("v0.3.10", newest)
+    assert follow(url, "v0.3.9", "comfyui.follow") == ("v0.3.9", first)
+
+
+def test_follow_says_what_is_missing_and_what_is_unreachable(repo, tmp_path):
+    path, _ = repo
+    with pytest.raises(GitSourceError, match=r"comfyui.follow: no tag of .* matches 'v\*'"):
+        follow(f"file://{path}", "v*", "comfyui.follow")
+    with pytest.raises(GitSourceError, match=r"has no branch or tag 'release'"):
+        follow(f"file://{path}", "release", "comfyui.follow")
+    with pytest.raises(SourceUnreachable, match=r"manager.follow: cannot list the refs"):
+        follow(f"file://{tmp_path}/nothing-here", "main", "manager.follow")
