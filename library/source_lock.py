@@ -9,7 +9,7 @@ module: source_lock
 short_description: Resolve the moving refs of git sources (a branch, a tag, a release line)
 description:
   - For each source with a C(follow) key (a branch, a tag, or a tag glob such as C(v*) for
-    the release line: the highest version that matches), asks the repository (C(git
+    the release line, meaning the highest version that matches), asks the repository (C(git
     ls-remote)) for the commit it names now and returns the source with C(ref) set to it.
     Sources without C(follow) come back as they are.
   - A source that cannot be reached keeps its pinned C(ref) and is listed in C(errors), so
