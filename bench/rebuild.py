@@ -10,9 +10,10 @@ with ComfyUI (the test fixture) served by a git daemon on loopback, a stand-in t
 PyPI as in production. Then:
 
 1. cold: everything built and pushed;
-2. no-op: build.yml again (the whole playbook, prepare included; the time per role from
-   ansible.posix.profile_roles), against ``docker buildx build`` of the same targets with a warm
-   cache (the farm's own command per target: buildx 0.13 drops ``network`` from bake files);
+2. no-op: build.yml again, and later a quiet nightly.yml (the whole playbook, prepare
+   included; the time per role from ansible.posix.profile_roles), against ``docker buildx
+   build`` of the same targets with a warm cache (the farm's own command per target: buildx
+   0.13 drops ``network`` from bake files);
 3. one package moved (pillow in the "essentials" layer): time, bytes pushed, the layer;
 4. duplicated bytes inside base-cpu (files a later layer shadows or deletes) against a naive
    Dockerfile whose layers install the same lists cumulatively (seed 2's "old approach").
@@ -67,13 +68,13 @@ def human(size: float) -> str:
     return ""
 
 
-def run_build(extra: dict, label: str) -> tuple[float, dict, str]:
+def run_build(extra: dict, label: str, play: str = "build.yml") -> tuple[float, dict, str]:
     os.environ["ANSIBLE_CALLBACKS_ENABLED"] = "ansible.posix.profile_roles"
     start = time.monotonic()
-    run = playbook("build.yml", extra)
+    run = playbook(play, extra)
     seconds = time.monotonic() - start
     if run.returncode != 0:
-        raise SystemExit(f"{label}: build.yml failed\n{run.stdout[-5000:]}")
+        raise SystemExit(f"{label}: {play} failed\n{run.stdout[-5000:]}")
     report = json.loads(
         (Path(extra["aiclipse_reports_dir"]) / "latest" / "report.json").read_text()
     )
@@ -229,6 +230,9 @@ def main() -> None:
             change_s, change, _ = run_build(changed, "one-package change")
             plan2 = json.loads((work / "build" / "plan.json").read_text())
             refs |= {n["ref"] for n in plan2["nodes"] if n["kind"] != "os-base"}
+            nightly = {**changed, "nightly_lock_file": str(work / "nightly.lock")}
+            quiet_s, quiet, out = run_build(nightly, "quiet nightly", "nightly.yml")
+            quiet_roles = {m[1]: float(m[2]) for m in ROLE_TIME.finditer(out)}
 
         before = {i["node"]: i for i in cold["images"]}
         after = {i["node"]: i for i in change["images"]}
@@ -258,6 +262,11 @@ def main() -> None:
         print("  per role: " + ", ".join(f"{k} {v:.1f} s" for k, v in roles.items()))
         print(f"docker buildx build of the same 3 targets, warm cache: {warm_s:.1f} s")
         print(
+            f"quiet nightly.yml (nothing moved upstream): {quiet_s:.1f} s, "
+            f"{quiet['summary']['bytes_pushed']} bytes pushed, built {quiet['summary']['built']}"
+        )
+        print("  per role: " + ", ".join(f"{k} {v:.1f} s" for k, v in quiet_roles.items()))
+        print(
             f"one package moved ({MOVED[0]} -> {MOVED[1]}): {change_s:.1f} s, "
             f"{human(change['summary']['bytes_pushed'])} pushed; the essentials layer "
             f"{human(layer)}: {change['summary']['bytes_pushed'] / layer:.2f} x the layer; "
@@ -269,6 +278,11 @@ def main() -> None:
         )
     finally:
         subprocess.run(["pkill", "-f", f"registry-{safe}"], check=False)
+        images = subprocess.run(
+            ["docker", "images", "--format", "{{.Repository}}:{{.Tag}}"],
+            capture_output=True, text=True, check=False,
+        ).stdout.split()  # fmt: skip
+        refs |= {ref for ref in images if ref.startswith(f"{listen}/")}  # the OS base too
         for ref in refs:
             subprocess.run(["docker", "rmi", "-f", ref], capture_output=True, check=False)
         for path in (Path(f"/etc/aiclipse/registry-{safe}.yml"),
