@@ -43,9 +43,9 @@ import ansible.module_utils  # noqa: E402
 ansible.module_utils.__path__.append(str(REPO / "module_utils"))
 
 from ansible.module_utils.bake_run import build_argv  # noqa: E402
-from gitserver import GitServer, make_repo  # noqa: E402
+from gitserver import GitServer, make_comfy_sources  # noqa: E402
 from helpers import free_port, playbook  # noqa: E402
-from wheels import make_wheel  # noqa: E402
+from wheels import make_torch_standin  # noqa: E402
 
 ESSENTIALS = ["numpy==2.1.3", "pillow==11.0.0", "pyyaml==6.0.2"]
 EXTENDED = ["einops==0.8.0", "tqdm==4.67.1"]
@@ -175,22 +175,11 @@ def main() -> None:
     safe = listen.replace(".", "_").replace(":", "_")
     refs: set[str] = set()
     try:
-        comfy_src = REPO / "tests" / "fixtures" / "comfyui"
-        _, comfy = make_repo(comfy_src, work / "git" / "ComfyUI")
-        manager_src = work / "manager-src"
-        manager_src.mkdir()
-        (manager_src / "requirements.txt").write_text("# nothing\n")
-        (manager_src / "__init__.py").write_text("NODE_CLASS_MAPPINGS = {}\n")
-        _, manager = make_repo(manager_src, work / "git" / "ComfyUI-Manager")
+        commits = make_comfy_sources(work / "git")
         wheels = work / "wheels"
-        make_wheel(
-            wheels, "torch", "2.13.0+cpu", (),
-            files={
-                "torch/__init__.py": "__version__ = '2.13.0+cpu'\nfrom . import cuda, version\n",
-                "torch/version.py": "cuda = None\n",
-                "torch/cuda.py": "def is_available():\n    return False\n",
-            },
-        )  # fmt: skip
+        make_torch_standin(wheels)
+        templates = work / "templates"  # nightly.yml writes node locks beside manifests
+        shutil.copytree(REPO / "tests" / "fixtures" / "templates" / "tiny", templates / "tiny")
         with GitServer(work / "git") as git:
             extra = {
                 "local_registry_listen": listen,
@@ -198,12 +187,15 @@ def main() -> None:
                 "registry": f"{listen}/aiclipse-bench",
                 "template": "tiny",
                 "gpu": "cpu",
-                "aiclipse_templates_dir": str(REPO / "tests" / "fixtures" / "templates"),
+                "aiclipse_templates_dir": str(templates),
                 "aiclipse_build_dir": str(work / "build"),
                 "aiclipse_cache_dir": str(work / "cache"),
                 "aiclipse_reports_dir": str(work / "reports"),
-                "comfyui": {"repo": git.url("ComfyUI"), "ref": comfy},
-                "manager": {"repo": git.url("ComfyUI-Manager"), "ref": manager},
+                "comfyui": {"repo": git.url("ComfyUI"), "ref": commits["ComfyUI"]},
+                "manager": {
+                    "repo": git.url("ComfyUI-Manager"),
+                    "ref": commits["ComfyUI-Manager"],
+                },
                 "gpu_targets": {
                     "cpu": {"cuda": "cpu", "torch": "2.13.0", "torch_wheelhouse": str(wheels)}
                 },

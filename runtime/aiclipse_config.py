@@ -20,6 +20,8 @@ Commands (each prints one line for start.sh's log):
 from __future__ import annotations
 
 import argparse
+import configparser
+import io
 import json
 import os
 import secrets
@@ -163,6 +165,45 @@ def cmd_filebrowser_hash(env: dict[str, str]) -> int:
     return EXIT_OK
 
 
+# ComfyUI-Manager's security levels, weakest first.
+MANAGER_LEVELS = ("weak", "normal-", "normal", "strong")
+# Where Manager reads its config.ini under ComfyUI's user directory: 3.38 and later (the
+# folder the userdata API cannot write), and the 3.x releases before.
+MANAGER_CONFIGS = ("__manager/config.ini", "default/ComfyUI-Manager/config.ini")
+
+
+def cmd_manager_config(args: argparse.Namespace) -> int:
+    """Give Manager the image's config where it reads it; an existing config keeps its other
+    settings, but its security level is never below the image's (a volume from an older
+    image or a hand edit cannot weaken it)."""
+    image = configparser.ConfigParser()
+    image.read_string(Path(args.source).read_text())
+    floor = image.get("default", "security_level", fallback="normal")
+    notes = []
+    for rel in MANAGER_CONFIGS:
+        path = Path(args.user_dir) / rel
+        if not path.exists():
+            write_if_changed(path, Path(args.source).read_text())
+            notes.append(f"{rel} written")
+            continue
+        current = configparser.ConfigParser()
+        current.read_string(path.read_text())
+        if not current.has_section("default"):
+            current.add_section("default")
+        level = current.get("default", "security_level", fallback="")
+        rank = MANAGER_LEVELS.index(level) if level in MANAGER_LEVELS else -1
+        if rank < MANAGER_LEVELS.index(floor):
+            current.set("default", "security_level", floor)
+            out = io.StringIO()
+            current.write(out)
+            write_if_changed(path, out.getvalue())
+            notes.append(f"{rel} security_level {level or 'unset'} -> {floor}")
+        else:
+            notes.append(f"{rel} kept ({level})")
+    print(f"manager config: {'; '.join(notes)}")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> int:
     env = dict(os.environ if env is None else env)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -177,6 +218,9 @@ def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> in
     jupyter.add_argument("--ip", default="0.0.0.0")
     sub.add_parser("filebrowser-hash")
     sub.add_parser("token")
+    manager = sub.add_parser("manager-config")
+    manager.add_argument("--source", required=True)
+    manager.add_argument("--user-dir", required=True)
     args = parser.parse_args(argv)
     if args.command == "model-paths":
         return cmd_model_paths(args)
@@ -184,6 +228,8 @@ def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> in
         return cmd_jupyter(args, env)
     if args.command == "filebrowser-hash":
         return cmd_filebrowser_hash(env)
+    if args.command == "manager-config":
+        return cmd_manager_config(args)
     print(secrets.token_urlsafe(18))
     return EXIT_OK
 

@@ -15,6 +15,7 @@ RUNTIME_USER="${RUNTIME_USER:-comfy}"
 COMFY_DIR="${COMFY_DIR:-/opt/ComfyUI}"
 PYTHON="${AICLIPSE_PYTHON:-/opt/venv/bin/python}"
 WORKFLOWS_TEMPLATE_DIR="${WORKFLOWS_TEMPLATE_DIR:-/opt/workflows}"
+MANAGER_CONFIG="${AICLIPSE_MANAGER_CONFIG:-/opt/aiclipse/manager-config.ini}"
 MODELS_MANIFEST="${MODELS_MANIFEST:-/manifests/models_manifest.txt}"
 NODES_MANIFEST="${NODES_MANIFEST:-$ROOT/nodes_manifest.txt}"
 FILEBROWSER_BIN="${FILEBROWSER_BIN:-/usr/local/bin/filebrowser}"
@@ -108,6 +109,14 @@ copy_workflows() {
     as_user ln -s ../../workflows "$link"
   fi
   log "workflows: $copied copied from $WORKFLOWS_TEMPLATE_DIR, $kept already there (kept)"
+}
+
+# ComfyUI-Manager reads its config under ComfyUI's user directory (on the volume): give it
+# the image's security level there, and never let an older config weaken it.
+setup_manager() {
+  [[ -f "$MANAGER_CONFIG" ]] || { log "manager: no $MANAGER_CONFIG in the image, skipped"; return; }
+  log "$(as_user "$PYTHON" "$RUNTIME_DIR/aiclipse_config.py" manager-config \
+    --source "$MANAGER_CONFIG" --user-dir "$ROOT/user")"
 }
 
 setup_ssh() {
@@ -314,6 +323,7 @@ main() {
   prepare_volume
   write_model_paths
   copy_workflows
+  setup_manager
   setup_ssh
   start_jupyter
   start_filebrowser

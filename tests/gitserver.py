@@ -117,3 +117,17 @@ class GitServer:
                 self._proc.kill()
                 self._proc.wait()
             self._proc = None
+
+
+def make_comfy_sources(root: str | Path) -> dict[str, str]:
+    """``root/ComfyUI`` (the fake of tests/fixtures/comfyui) and ``root/ComfyUI-Manager`` (an
+    empty node pack), committed; their commits by name. Serve ``root`` with GitServer."""
+    root = Path(root)
+    fixture = Path(__file__).resolve().parent / "fixtures" / "comfyui"
+    _, comfy = make_repo(fixture, root / "ComfyUI")
+    manager = root / "ComfyUI-Manager"
+    manager.mkdir(parents=True)
+    (manager / "requirements.txt").write_text("# nothing\n")
+    (manager / "__init__.py").write_text("NODE_CLASS_MAPPINGS = {}\n")
+    git(manager, "init", "-q", "-b", "main")
+    return {"ComfyUI": comfy, "ComfyUI-Manager": commit_all(manager, "initial")}

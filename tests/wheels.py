@@ -39,3 +39,16 @@ def make_wheel(
             zipfile.ZipInfo(f"{info}/RECORD", (2020, 1, 1, 0, 0, 0)), "\n".join(record) + "\n"
         )
     return wheel
+
+
+TORCH_STANDIN = {
+    "torch/__init__.py": "__version__ = '2.13.0+cpu'\nfrom . import cuda, version\n",
+    "torch/version.py": "cuda = None\n",
+    "torch/cuda.py": "def is_available():\n    return False\n",
+}
+
+
+def make_torch_standin(folder: Path, requires: tuple[str, ...] = ()) -> Path:
+    """``torch==2.13.0+cpu`` that imports and answers what the verification asks of a CPU
+    torch (``__version__``, ``version.cuda``, ``cuda.is_available()``): the real one is 183 MB."""
+    return make_wheel(folder, "torch", "2.13.0+cpu", requires, files=TORCH_STANDIN)

@@ -24,31 +24,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
 
-from gitserver import make_repo  # noqa: E402
+from gitserver import make_comfy_sources  # noqa: E402
 from helpers import free_port  # noqa: E402
-from wheels import make_wheel  # noqa: E402
-
-TORCH_FILES = {
-    "torch/__init__.py": "__version__ = '2.13.0+cpu'\nfrom . import cuda, version\n",
-    "torch/version.py": "cuda = None\n",
-    "torch/cuda.py": "def is_available():\n    return False\n",
-}
+from wheels import make_torch_standin, make_wheel  # noqa: E402
 
 
-def make_sources(root: Path) -> dict[str, dict[str, str]]:
+def make_sources(root: Path) -> dict[str, str]:
     """The two git repositories under root/git; their commits by name."""
-    _, comfy = make_repo(REPO / "tests" / "fixtures" / "comfyui", root / "git" / "ComfyUI")
-    manager_src = root / "manager-src"
-    manager_src.mkdir()
-    (manager_src / "requirements.txt").write_text("# nothing\n")
-    (manager_src / "__init__.py").write_text("NODE_CLASS_MAPPINGS = {}\n")
-    _, manager = make_repo(manager_src, root / "git" / "ComfyUI-Manager")
-    shutil.rmtree(manager_src)
-    return {"ComfyUI": comfy, "ComfyUI-Manager": manager}
+    return make_comfy_sources(root / "git")
 
 
 def make_wheels(folder: Path) -> None:
-    make_wheel(folder, "torch", "2.13.0+cpu", ("aiclipse-test-dep",), files=TORCH_FILES)
+    make_torch_standin(folder, ("aiclipse-test-dep",))
     make_wheel(folder, "aiclipse-test-dep", "1.0.0")
     make_wheel(folder, "aiclipse-test-essential", "2.0.0")
 

@@ -30,9 +30,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from gitserver import GitServer, make_repo
+from gitserver import GitServer, make_comfy_sources
 from helpers import REPO, free_port, playbook
-from wheels import make_wheel
+from wheels import make_torch_standin, make_wheel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "runtime"))
 import harness
@@ -60,25 +60,11 @@ def statuses(output: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
     root = tmp_path_factory.mktemp("git")
-    _, comfy = make_repo(REPO / "tests" / "fixtures" / "comfyui", root / "ComfyUI")
-    manager_src = tmp_path_factory.mktemp("manager-src")
-    (manager_src / "requirements.txt").write_text("# nothing\n")
-    (manager_src / "__init__.py").write_text("NODE_CLASS_MAPPINGS = {}\n")
-    _, manager = make_repo(manager_src, root / "ComfyUI-Manager")
+    commits = make_comfy_sources(root)
     wheels = tmp_path_factory.mktemp("wheels")
     # A CPU torch stand-in (the real one is 183 MB) and dependencies no index has, so every
     # wheel comes from the build context and the layer installs need no index at all.
-    make_wheel(
-        wheels,
-        "torch",
-        "2.13.0+cpu",
-        ("aiclipse-test-dep",),
-        files={
-            "torch/__init__.py": "__version__ = '2.13.0+cpu'\nfrom . import cuda, version\n",
-            "torch/version.py": "cuda = None\n",
-            "torch/cuda.py": "def is_available():\n    return False\n",
-        },
-    )
+    make_torch_standin(wheels, ("aiclipse-test-dep",))
     make_wheel(wheels, "aiclipse-test-dep", "1.0.0")
     # Two releases of one package of the "essentials" layer, each with 256 KB that gzip
     # cannot shrink, so that layer's bytes stand out from the small ones around it.
@@ -95,8 +81,8 @@ def sources(tmp_path_factory):
     ca.write_text(f"# {CANARY}\n{bundle}")
     with GitServer(root) as server:
         yield {
-            "comfyui": {"repo": server.url("ComfyUI"), "ref": comfy},
-            "manager": {"repo": server.url("ComfyUI-Manager"), "ref": manager},
+            "comfyui": {"repo": server.url("ComfyUI"), "ref": commits["ComfyUI"]},
+            "manager": {"repo": server.url("ComfyUI-Manager"), "ref": commits["ComfyUI-Manager"]},
             "wheels": str(wheels),
             "ca": str(ca),
         }
@@ -219,6 +205,9 @@ def test_the_container_starts_and_comfyui_answers(built):
         logs = docker("logs", name)
         assert "[aiclipse] comfyui: starting" in logs
         assert "COMFY_ARGS: --cpu" in logs
+        # Manager reads its config under ComfyUI's user directory, on the volume
+        manager = docker("exec", name, "cat", "/workspace/aiclipse/user/__manager/config.ini")
+        assert "security_level = normal" in manager
         docker("stop", "-t", "10", name)
         assert docker("inspect", "-f", "{{.State.ExitCode}}", name).strip() == "0"
     finally:

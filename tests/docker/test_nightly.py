@@ -23,9 +23,9 @@ import urllib.error
 import urllib.request
 
 import pytest
-from gitserver import GitServer, commit_all, make_repo
+from gitserver import GitServer, commit_all, make_comfy_sources, make_repo
 from helpers import REPO, playbook
-from wheels import make_wheel
+from wheels import make_torch_standin
 
 TODAY = time.strftime("%Y%m%d", time.gmtime())
 
@@ -89,25 +89,13 @@ def put_old_image(stack, repo: str, tags: list[str], seed: str) -> str:
 def night(stack, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("nightly")
     git_root = tmp / "git"
-    _, comfy = make_repo(REPO / "tests" / "fixtures" / "comfyui", git_root / "ComfyUI")
-    manager_src = tmp / "manager-src"
-    manager_src.mkdir()
-    (manager_src / "requirements.txt").write_text("# nothing\n")
-    (manager_src / "__init__.py").write_text("NODE_CLASS_MAPPINGS = {}\n")
-    _, manager = make_repo(manager_src, git_root / "ComfyUI-Manager")
+    commits = make_comfy_sources(git_root)
     node_src = tmp / "node-src"
     node_src.mkdir()
     (node_src / "__init__.py").write_text("NODE_CLASS_MAPPINGS = {}\nVERSION = 1\n")
     node_repo, _ = make_repo(node_src, git_root / "AlphaNode")
     wheels = tmp / "wheels"
-    make_wheel(
-        wheels, "torch", "2.13.0+cpu", (),
-        files={
-            "torch/__init__.py": "__version__ = '2.13.0+cpu'\nfrom . import cuda, version\n",
-            "torch/version.py": "cuda = None\n",
-            "torch/cuda.py": "def is_available():\n    return False\n",
-        },
-    )  # fmt: skip
+    make_torch_standin(wheels)
     templates = tmp / "templates"
     with GitServer(git_root) as server:
         for name, nodes in (("alpha", f"{server.url('AlphaNode')}@main\n"), ("beta", "")):
@@ -125,8 +113,8 @@ def night(stack, tmp_path_factory):
             "aiclipse_reports_dir": str(tmp / "reports"),
             "nightly_lock_file": str(tmp / "nightly.lock"),
             # ComfyUI follows its main branch: the nightly re-locks it (it does not move here)
-            "comfyui": {"repo": server.url("ComfyUI"), "ref": comfy, "follow": "main"},
-            "manager": {"repo": server.url("ComfyUI-Manager"), "ref": manager},
+            "comfyui": {"repo": server.url("ComfyUI"), "ref": commits["ComfyUI"], "follow": "main"},
+            "manager": {"repo": server.url("ComfyUI-Manager"), "ref": commits["ComfyUI-Manager"]},
             "gpu_targets": {
                 "cpu": {"cuda": "cpu", "torch": "2.13.0", "torch_wheelhouse": str(wheels)}
             },

@@ -60,3 +60,26 @@ def test_filebrowser_password_needs_12_characters(capsys):
     assert aiclipse_config.main(["filebrowser-hash"], env={"FILEBROWSER_PASSWORD": "short"}) == 2
     assert aiclipse_config.main(["filebrowser-hash"], env={"FILEBROWSER_PASSWORD": "x" * 12}) == 0
     assert capsys.readouterr().out.startswith("$2")
+
+
+def test_manager_config_goes_where_manager_reads_it_and_is_never_weakened(tmp_path, capsys):
+    source = tmp_path / "manager-config.ini"
+    source.write_text("[default]\nsecurity_level = normal\nnetwork_mode = public\n")
+    user = tmp_path / "user"
+    argv = ["manager-config", "--source", str(source), "--user-dir", str(user)]
+    assert aiclipse_config.main(argv) == 0
+    for rel in ("__manager/config.ini", "default/ComfyUI-Manager/config.ini"):
+        assert (user / rel).read_text() == source.read_text()
+    assert capsys.readouterr().out.count("written") == 2
+    # a config from an older volume: other settings kept, a weak level raised to the image's
+    old = user / "__manager" / "config.ini"
+    old.write_text("[default]\nsecurity_level = weak\nshare_option = none\n")
+    strong = user / "default" / "ComfyUI-Manager" / "config.ini"
+    strong.write_text("[default]\nsecurity_level = strong\n")
+    assert aiclipse_config.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "__manager/config.ini security_level weak -> normal" in out
+    assert "default/ComfyUI-Manager/config.ini kept (strong)" in out
+    text = old.read_text()
+    assert "security_level = normal" in text and "share_option = none" in text
+    assert "security_level = strong" in strong.read_text()
