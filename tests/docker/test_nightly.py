@@ -217,3 +217,8 @@ def test_a_moved_node_rebuilds_only_its_template_and_old_dated_tags_go(night, st
     assert digest_of(stack, repo, "beta-cpu-20250101") is None
     assert oldest in out and beta_old in out  # shown as deleted
     assert "prodstillpointsat" in re.sub(r"\s+", "", out)  # the YAML callback folds lines
+    report = after["report"]
+    assert report["kind"] == "nightly" and report["retention"]["keep"] == 1
+    deleted = {d for images in report["retention"]["deleted"].values() for d in images}
+    assert deleted == {oldest, beta_old}
+    assert any(lock.endswith("alpha/nodes_manifest.lock") for lock in report["nodes_moved"])
