@@ -7,6 +7,7 @@ A test here that cannot reach the engine is skipped on a developer's machine and
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -46,7 +47,11 @@ def stack(tmp_path_factory, docker_engine):
         "registry": f"{listen}/aiclipse-test",
     }
     first = playbook("playbooks/prepare.yml", extra)
-    yield {"listen": listen, "vars": extra, "first_run": first}
+    made = re.search(r"OS base: (\S+?)'?$", first.stdout, re.M)
+    if first.returncode != 0 or not made:
+        pytest.fail(f"prepare.yml could not make the OS base:\n{first.stdout[-4000:]}")
+    os_base = made.group(1)
+    yield {"listen": listen, "vars": extra, "first_run": first, "os_base": os_base}
     subprocess.run(["pkill", "-f", f"docker-registry serve {cfg}"], check=False)
     images = subprocess.run(
         ["docker", "images", "--format", "{{.Repository}}:{{.Tag}}"],

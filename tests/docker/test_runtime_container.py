@@ -41,9 +41,10 @@ RUN_ID = uuid.uuid4().hex[:8]
 
 
 @pytest.fixture(scope="module")
-def image(tmp_path_factory):
+def image(tmp_path_factory, stack):
+    """The runtime test image on the OS base the session's prepare.yml run made."""
     tag = f"aiclipse-test/runtime:{RUN_ID}"
-    harness.build_image(tag, tmp_path_factory.mktemp("image"))
+    harness.build_image(tag, tmp_path_factory.mktemp("image"), stack["os_base"])
     yield tag
     harness.remove_image(tag)
 

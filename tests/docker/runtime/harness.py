@@ -66,8 +66,9 @@ def build_context(dest: Path) -> Path:
     return dest
 
 
-def build_image(tag: str, workdir: Path) -> dict[str, str]:
-    """Build the runtime test image; returns {'tag', 'comfy_commit', 'seconds'}."""
+def build_image(tag: str, workdir: Path, base: str = BASE_IMAGE) -> dict[str, str]:
+    """Build the runtime test image on ``base`` (an OS base image the engine has or can
+    pull); returns {'tag', 'comfy_commit', 'seconds'}."""
     repos = workdir / "repos"
     repos.mkdir(parents=True, exist_ok=True)
     _, commit = make_repo(REPO / "tests" / "fixtures" / "comfyui", repos / "ComfyUI")
@@ -86,7 +87,7 @@ def build_image(tag: str, workdir: Path) -> dict[str, str]:
                 "--secret",
                 f"id=ca,src={CA_BUNDLE}",
                 "--build-arg",
-                f"BASE_IMAGE={BASE_IMAGE}",
+                f"BASE_IMAGE={base}",
                 "--build-arg",
                 f"COMFY_REPO={git.url('ComfyUI')}",
                 "--build-arg",
