@@ -68,6 +68,11 @@ kept:
   description: Old dated tags that stay, and why.
   returned: always
   type: dict
+unsupported:
+  description: Repositories whose registry refuses deletes through its API (GHCR does), with
+    the fix; nothing is deleted there and the run does not fail for it.
+  returned: always
+  type: dict
 errors:
   description: Deletes that failed (the registry's answer and the fix).
   returned: always
@@ -96,7 +101,7 @@ def main() -> None:
     if p["keep"] < 0:
         module.fail_json(msg=f"keep is {p['keep']}: use 0 (keep every dated tag) or more")
     creds = Credentials(p["username"], p["password"])
-    deleted, kept, errors = {}, {}, []
+    deleted, kept, errors, unsupported = {}, {}, [], {}
     repositories: dict[str, list[str]] = {}
     for item in p["images"]:
         if not item.get("image") or not item.get("name"):
@@ -113,10 +118,17 @@ def main() -> None:
             errors.append(f"{image}: {err}")
             continue
         deleted[image] = decision.delete
+        if decision.unsupported:
+            unsupported[image] = decision.unsupported
+            module.warn(f"{image}: {decision.unsupported}")
         kept.update({f"{image}:{tag}": why for tag, why in decision.kept.items()})
         errors += [f"{image}: {e}" for e in failed]
     module.exit_json(
-        changed=any(deleted.values()) and not errors, deleted=deleted, kept=kept, errors=errors
+        changed=any(deleted.values()) and not errors,
+        deleted=deleted,
+        kept=kept,
+        errors=errors,
+        unsupported=unsupported,
     )
 
 

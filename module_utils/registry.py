@@ -32,6 +32,10 @@ class RegistryError(Exception):
     """A registry answered something we cannot use; the message names the fix."""
 
 
+class DeleteUnsupported(RegistryError):
+    """The registry does not delete manifests through its API (GHCR, deletes disabled)."""
+
+
 class RegistryUnreachable(RegistryError):
     """No answer at all (connection refused, DNS, timeout): worth another try."""
 
@@ -329,10 +333,10 @@ class Writer(Registry):
                 pass
         except RegistryError as err:
             if "HTTP 405" in str(err) or "HTTP 400" in str(err):
-                raise RegistryError(
+                raise DeleteUnsupported(
                     f"registry {self.registry} does not allow deleting {repository}@{digest} "
                     f"({err}); enable deletes (docker-registry: storage.delete.enabled: true) "
-                    "or set nightly_retention_keep: 0 to keep every dated tag"
+                    "or the registry's own retention policy, and set nightly_retention_keep: 0"
                 ) from err
             raise
 

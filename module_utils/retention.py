@@ -15,13 +15,14 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from ansible.module_utils.registry import RegistryError, Writer
+from ansible.module_utils.registry import DeleteUnsupported, RegistryError, Writer
 
 
 @dataclass
 class Decision:
     delete: dict[str, list[str]] = field(default_factory=dict)  # digest -> tags it takes along
     kept: dict[str, str] = field(default_factory=dict)  # old dated tag -> why it stays
+    unsupported: str = ""  # the registry refuses deletes: why and the fix (nothing deleted)
 
 
 def dated_tags(tags: Iterable[str], image: str) -> list[str]:
@@ -84,9 +85,14 @@ def prune(
     decision = decide(digests, images, keep, protected)
     errors = []
     if not dry_run:
-        for digest in decision.delete:
+        for digest in list(decision.delete):
             try:
                 writer.delete_manifest(repository, digest)
+            except DeleteUnsupported as err:
+                # not a failure of the night: this registry prunes by its own policy
+                decision.unsupported = str(err)
+                decision.delete = {}
+                break
             except RegistryError as err:
                 errors.append(str(err))
     return decision, errors

@@ -15,9 +15,11 @@ import pytest
 from ansible.module_utils.registry import (
     MANIFEST_TYPES,
     Credentials,
+    DeleteUnsupported,
     ImageRef,
     Registry,
     RegistryError,
+    Writer,
     is_plain_http,
     parse_ref,
 )
@@ -225,6 +227,7 @@ def _handler(state: FakeRegistry) -> type[BaseHTTPRequestHandler]:
 
         do_HEAD = _manifest
         do_GET = _manifest
+        do_DELETE = _manifest
 
     return Handler
 
@@ -389,3 +392,10 @@ def test_manifest_digest_bearer_realm_with_query(registry: FakeRegistry) -> None
     [(_, path, _)] = [r for r in registry.requests if r[1].startswith("/token")]
     assert path.startswith("/token?account=farm&")
     assert "service=x" in path
+
+
+def test_a_registry_without_deletes_says_so_and_how_to_prune_instead(registry: FakeRegistry):
+    registry.status = 405  # GHCR, or distribution with storage.delete disabled
+    writer = Writer(registry.address, timeout=5, attempts=1)
+    with pytest.raises(DeleteUnsupported, match=r"does not allow deleting r@sha256:ab.*keep: 0"):
+        writer.delete_manifest("r", DIGEST)

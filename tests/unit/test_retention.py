@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ansible.module_utils.retention import dated_tags, decide
+from ansible.module_utils.registry import DeleteUnsupported, RegistryError
+from ansible.module_utils.retention import dated_tags, decide, prune
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -87,3 +88,46 @@ def test_never_deletes_the_newest_or_anything_a_kept_tag_names(digests, keep):
             assert digests[tag] not in doomed
     for tags in decision.delete.values():
         assert all(t in digests for t in tags)
+
+
+class StandInRegistry:
+    """A stand-in for a registry this machine cannot reach (GHCR refuses manifest deletes
+    through the registry API); the real delete path runs in tests/docker/test_nightly.py."""
+
+    def __init__(self, digests: dict[str, str], refuse: type[Exception] | None = None):
+        self.digests, self.refuse, self.deleted = digests, refuse, []
+
+    def tags(self, repository):
+        return list(self.digests)
+
+    def manifest_digest(self, repository, tag):
+        return self.digests[tag]
+
+    def delete_manifest(self, repository, digest):
+        if self.refuse:
+            raise self.refuse(f"refused {digest}")
+        self.deleted.append(digest)
+
+
+OLD = {"a-cpu-20261123": digest(3), "a-cpu-20261102": digest(2), "a-cpu-20261101": digest(1)}
+
+
+def test_prune_deletes_and_a_dry_run_does_not():
+    registry = StandInRegistry(dict(OLD))
+    decision, errors = prune(registry, "org/comfyui", ["a-cpu"], keep=1, dry_run=True)
+    assert set(decision.delete) == {digest(1), digest(2)} and registry.deleted == []
+    decision, errors = prune(registry, "org/comfyui", ["a-cpu"], keep=1)
+    assert sorted(registry.deleted) == [digest(1), digest(2)] and errors == []
+
+
+def test_a_registry_that_refuses_deletes_is_a_warning_not_a_failure():
+    registry = StandInRegistry(dict(OLD), refuse=DeleteUnsupported)
+    decision, errors = prune(registry, "org/comfyui", ["a-cpu"], keep=1)
+    assert errors == [] and decision.delete == {}
+    assert decision.unsupported.startswith("refused sha256:")
+
+
+def test_other_delete_errors_are_failures_and_the_rest_go_on():
+    registry = StandInRegistry(dict(OLD), refuse=RegistryError)
+    decision, errors = prune(registry, "org/comfyui", ["a-cpu"], keep=1)
+    assert len(errors) == 2 and not decision.unsupported
