@@ -53,21 +53,35 @@ from pathlib import Path
 from ansible.module_utils.basic import AnsibleModule
 
 
+def _parent_and_command(pid: int) -> tuple[int, bool] | None:
+    """(parent pid, whether ``pid`` runs ansible-playbook), or None when it is gone."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    is_playbook = any(part.endswith(b"ansible-playbook") for part in cmdline[:2])
+    return int(stat.rsplit(")", 1)[1].split()[1]), is_playbook
+
+
 def playbook_pid() -> int:
-    """The ansible-playbook process this module runs under: the topmost process in the chain
-    of parents whose command is ansible-playbook (its task workers are forks of it and carry
-    the same command line, so the first match is not the one)."""
-    pid, found = os.getppid(), 0
-    while pid > 1:
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
+    """The ansible-playbook process this module runs under. Its task workers are forks that
+    carry the same command line, so it is the first ansible-playbook up the chain whose own
+    parent is not one (an ansible-playbook that started this one through a script stays out)."""
+    pid = os.getppid()
+    while pid >= 1:
+        here = _parent_and_command(pid)
+        if here is None:
             break
-        if any(part.endswith(b"ansible-playbook") for part in cmdline[:2]):
-            found = pid
-        pid = int(stat.rsplit(")", 1)[1].split()[1])
-    return found or os.getppid()
+        parent, is_playbook = here
+        if is_playbook:
+            above = _parent_and_command(parent) if parent >= 1 else None
+            if above is None or not above[1]:
+                return pid
+        if pid == 1:
+            break
+        pid = parent
+    return os.getppid()
 
 
 def alive(pid: int) -> bool:
@@ -102,6 +116,11 @@ def main() -> None:
         mine = holder.get("pid") == me["pid"] and holder.get("host") == me["host"]
         if mine and not module.check_mode:
             path.unlink(missing_ok=True)
+        elif holder:
+            module.warn(
+                f"{path} is held by pid {holder.get('pid')} on {holder.get('host')}, "
+                "not by this run: left in place"
+            )
         module.exit_json(changed=mine, holder=holder)
     me["started"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     stale = {}
@@ -116,7 +135,11 @@ def main() -> None:
             if holder.get("pid") == me["pid"] and holder.get("host") == me["host"]:
                 module.exit_json(changed=False, holder=holder, stale=stale)
             same_host = holder.get("host") == me["host"]
-            if holder and (not same_host or alive(int(holder.get("pid", 0)))):
+            try:
+                pid = int(holder.get("pid", 0))
+            except (TypeError, ValueError):
+                pid = 0  # a lock file we cannot read names no live process: stale
+            if holder and (not same_host or (pid > 0 and alive(pid))):
                 module.fail_json(
                     msg=f"another run holds {path}: pid {holder.get('pid')} on "
                     f"{holder.get('host')} since {holder.get('started')}. Wait for it to end; "

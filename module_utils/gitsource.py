@@ -87,9 +87,18 @@ def requirement_lines(text: str | None) -> list[str]:
     return specs
 
 
+PRERELEASE = re.compile(r"\d(?:[-._]?(?:a|b|rc|alpha|beta|pre|preview|dev)\.?\d*)$", re.I)
+
+
 def _version_key(name: str) -> tuple:
     """Sort key for release tags: the numbers in the name, then the name (v0.3.10 > v0.3.9)."""
     return (tuple(int(n) for n in re.findall(r"\d+", name)), name)
+
+
+def _releases(tags: list[str]) -> list[str]:
+    """The tags that are not pre-releases (v1.0.0-rc1, 0.4.0b2, 2.0.dev3), when there are any."""
+    final = [tag for tag in tags if not PRERELEASE.search(tag)]
+    return final or tags
 
 
 def follow(url: str, pattern: str, where: str) -> tuple[str, str]:
@@ -116,7 +125,7 @@ def follow(url: str, pattern: str, where: str) -> tuple[str, str]:
                 f"{where}: no tag of {url} matches {pattern!r}. Fix: correct the pattern "
                 f"(tags there: {', '.join(sorted(tags)[-5:]) or 'none'})"
             )
-        best = max(matching, key=_version_key)
+        best = max(_releases(matching), key=_version_key)
         return best, refs[f"refs/tags/{best}"]
     for name in (f"refs/heads/{pattern}", f"refs/tags/{pattern}"):
         if name in refs:

@@ -247,6 +247,15 @@ class Registry:
 RETRYABLE = (429, 500, 502, 503, 504)
 
 
+def next_link(header: str) -> str:
+    """The ``rel="next"`` target of a ``Link`` header (RFC 8288; several links, quoted or not)."""
+    for part in header.split(","):
+        match = re.search(r'<([^>]+)>\s*;.*\brel="?next"?(?:[\s;]|$)', part.strip())
+        if match:
+            return match.group(1)
+    return ""
+
+
 def retry_after(value: str | None, default: float, cap: float = 60.0) -> float:
     """Seconds to wait from a Retry-After header (seconds; an HTTP date counts as default)."""
     try:
@@ -319,8 +328,7 @@ class Writer(Registry):
                 if "HTTP 404" in str(err):
                     return []
                 raise
-            match = re.match(r'<([^>]+)>;\s*rel="next"', link)
-            path = match.group(1) if match else ""
+            path = next_link(link)
             if path.startswith(("http://", "https://")):
                 path = "/" + path.split("/", 3)[3]
         return names

@@ -39,31 +39,29 @@ def decide(
     protected: Iterable[str] = (),
 ) -> Decision:
     """``digests``: tag -> manifest digest of one repository. ``images``: the template image
-    names whose dated tags are pruned. ``protected``: digests never to delete (what this
-    run just pushed)."""
+    names whose dated tags are pruned. ``protected``: what this run uses, never deleted:
+    digests (``sha256:...``, what it pushed) and tags (the plan's hash tags, cached images
+    included: an input reverted to an old hash makes that old image current again)."""
     if keep < 1:
         return Decision()
-    images = list(images)
-    old: set[str] = set()
-    for image in images:
-        old |= set(dated_tags(digests, image)[keep:])
-    hash_tag = re.compile(
-        "|".join(rf"{re.escape(image)}-[0-9a-f]{{12}}" for image in images) or "(?!)"
-    )
     decision = Decision()
     holders: dict[str, list[str]] = {}
     for tag, digest in digests.items():
         holders.setdefault(digest, []).append(tag)
-    safe = set(protected)
-    for tag in sorted(old):
-        digest = digests[tag]
-        others = [t for t in holders[digest] if t not in old and not hash_tag.fullmatch(t)]
-        if digest in safe:
-            decision.kept[tag] = f"its image {digest[:19]} was pushed by this run"
-        elif others:
-            decision.kept[tag] = f"{', '.join(sorted(others))} still points at {digest[:19]}"
-        else:
-            decision.delete[digest] = sorted(holders[digest])
+    safe = {p for p in protected if p.startswith("sha256:")}
+    safe |= {digests[p] for p in protected if p in digests}
+    for image in images:
+        old = set(dated_tags(digests, image)[keep:])
+        own_hash = re.compile(rf"{re.escape(image)}-[0-9a-f]{{12}}")
+        for tag in sorted(old):
+            digest = digests[tag]
+            others = [t for t in holders[digest] if t not in old and not own_hash.fullmatch(t)]
+            if digest in safe:
+                decision.kept[tag] = f"its image {digest[:19]} is in use by this run"
+            elif others:
+                decision.kept[tag] = f"{', '.join(sorted(others))} still points at {digest[:19]}"
+            else:
+                decision.delete[digest] = sorted(holders[digest])
     return decision
 
 

@@ -222,3 +222,23 @@ def test_a_moved_node_rebuilds_only_its_template_and_old_dated_tags_go(night, st
     deleted = {d for images in report["retention"]["deleted"].values() for d in images}
     assert deleted == {oldest, beta_old}
     assert any(lock.endswith("alpha/nodes_manifest.lock") for lock in report["nodes_moved"])
+
+
+def test_an_unreachable_node_repository_fails_the_night_in_its_report(night):
+    """The re-lock cannot reach AlphaNode: the night goes on from the last lock (nothing moved,
+    nothing built), the report names the failure, the run exits non-zero, the lock is freed."""
+    repo = night["node_repo"]
+    hidden = repo.with_name("AlphaNode.hidden")
+    repo.rename(hidden)
+    try:
+        night_run = run_night(night)
+    finally:
+        hidden.rename(repo)
+    run = night_run["run"]
+    assert run.returncode != 0
+    report = night_run["report"]
+    assert report["summary"]["built"] == [] and report["summary"]["bytes_pushed"] == 0
+    (failure,) = report["failures_outside_images"]
+    assert failure.startswith("relock: ") and "AlphaNode" in failure
+    assert "relock:" in run.stdout[run.stdout.rfind("TASK [Fail when an image") :]
+    assert not (night["tmp"] / "nightly.lock").exists()

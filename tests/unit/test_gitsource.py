@@ -72,6 +72,8 @@ def test_follow_the_release_line_takes_the_highest_version(repo):
     (path / "b.txt").write_text("b\n")
     commit_all(path, "unreleased")
     git(path, "tag", "nightly-20261123")
+    git(path, "tag", "v0.3.11-rc1")  # a pre-release is not the release line
+    git(path, "tag", "v0.4.0b2")
     url = f"file://{path}"
     assert follow(url, "v*", "comfyui.follow") == ("v0.3.10", newest)
     assert follow(url, "v0.3.9", "comfyui.follow") == ("v0.3.9", first)

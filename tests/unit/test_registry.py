@@ -21,6 +21,7 @@ from ansible.module_utils.registry import (
     RegistryError,
     Writer,
     is_plain_http,
+    next_link,
     parse_ref,
 )
 
@@ -399,3 +400,23 @@ def test_a_registry_without_deletes_says_so_and_how_to_prune_instead(registry: F
     writer = Writer(registry.address, timeout=5, attempts=1)
     with pytest.raises(DeleteUnsupported, match=r"does not allow deleting r@sha256:ab.*keep: 0"):
         writer.delete_manifest("r", DIGEST)
+
+
+@pytest.mark.parametrize(
+    ("header", "target"),
+    [
+        ('</v2/r/tags/list?last=b&n=2>; rel="next"', "/v2/r/tags/list?last=b&n=2"),
+        (
+            "<https://ghcr.io/v2/o/r/tags/list?last=x>; rel=next",
+            "https://ghcr.io/v2/o/r/tags/list?last=x",
+        ),
+        (
+            '</v2/r/tags/list?last=a>; rel="prev", </v2/r/tags/list?last=c>; rel="next"',
+            "/v2/r/tags/list?last=c",
+        ),
+        ('</v2/r/tags/list?last=a>; rel="prev"', ""),
+        ("", ""),
+    ],
+)
+def test_next_link_finds_the_next_page(header: str, target: str) -> None:
+    assert next_link(header) == target

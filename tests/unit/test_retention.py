@@ -48,7 +48,33 @@ def test_a_manifest_another_tag_names_is_kept_and_says_why():
 def test_what_this_run_pushed_is_never_deleted():
     digests = {"a-cpu-20261123": digest(2), "a-cpu-20261101": digest(1)}
     decision = decide(digests, ["a-cpu"], keep=1, protected=[digest(1)])
-    assert decision.delete == {} and "pushed by this run" in decision.kept["a-cpu-20261101"]
+    assert decision.delete == {} and "in use by this run" in decision.kept["a-cpu-20261101"]
+
+
+def test_an_old_image_the_plan_uses_again_is_kept():
+    """An input reverted tonight: the plan finds the old hash tag (cached), pushes nothing."""
+    digests = {
+        "a-cpu": digest(3),
+        "a-cpu-20261123": digest(3),
+        "a-cpu-20261122": digest(2),
+        "a-cpu-20261101": digest(1),
+        "a-cpu-0000000000aa": digest(1),
+    }
+    decision = decide(digests, ["a-cpu"], keep=2, protected=["a-cpu-0000000000aa"])
+    assert decision.delete == {} and "in use" in decision.kept["a-cpu-20261101"]
+
+
+def test_another_images_hash_tag_keeps_a_shared_manifest():
+    digests = {
+        "a-cpu-20261123": digest(2),
+        "a-cpu-20261101": digest(1),
+        "b-cpu-0123456789ab": digest(1),
+    }
+    decision = decide(digests, ["a-cpu", "b-cpu"], keep=1)
+    assert (
+        decision.delete == {}
+        and "b-cpu-0123456789ab still points" in decision.kept["a-cpu-20261101"]
+    )
 
 
 def test_keep_zero_keeps_everything():
