@@ -43,6 +43,7 @@ import ansible.module_utils  # noqa: E402
 ansible.module_utils.__path__.append(str(REPO / "module_utils"))
 
 from ansible.module_utils.bake_run import build_argv  # noqa: E402
+from ansible.module_utils.report import human  # noqa: E402
 from gitserver import GitServer, make_comfy_sources  # noqa: E402
 from helpers import free_port, playbook  # noqa: E402
 from wheels import make_torch_standin  # noqa: E402
@@ -58,14 +59,6 @@ def sh(*argv: str, check: bool = True) -> str:
     if check and done.returncode != 0:
         raise SystemExit(f"{' '.join(argv[:4])} failed: {done.stderr[-2000:]}")
     return done.stdout
-
-
-def human(size: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return ""
 
 
 def run_build(extra: dict, label: str, play: str = "build.yml") -> tuple[float, dict, str]:

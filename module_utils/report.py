@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ansible.module_utils.registry import Registry, RegistryError, parse_ref
+from ansible.module_utils.registry import RegistryError, Writer, parse_ref
 
 OWNER_COLOURS = {
     "os-base": "#9e9e9e",
@@ -172,7 +172,7 @@ def _step(created_by: str) -> str:
     return text[:160]
 
 
-def registry_layers(ref: str, registry: Registry, platform: str = "linux/amd64") -> list[Layer]:
+def registry_layers(ref: str, registry: Writer, platform: str = "linux/amd64") -> list[Layer]:
     """Read ``ref``'s manifest (the platform's one from an index) and config."""
     parsed = parse_ref(ref)
     media, body, _ = registry.get_manifest(parsed.repository, parsed.reference)
@@ -245,10 +245,6 @@ def table(rows_: Sequence[Row]) -> str:
     )
 
 
-def _owner_kind(owner: str, kinds: Mapping[str, str]) -> str:
-    return kinds.get(owner, "template")
-
-
 def svg(rows_: Sequence[Row], title: str = "Compressed layer sizes per image") -> str:
     """A horizontal stacked bar per image, one segment per layer coloured by the node kind
     that added it (OS base, base-common, base-gpu, template); each segment's tooltip names
@@ -273,7 +269,7 @@ def svg(rows_: Sequence[Row], title: str = "Compressed layer sizes per image") -
         x = float(left)
         for layer in row.layers:
             w = width * layer.size / biggest
-            colour = OWNER_COLOURS.get(_owner_kind(layer.owner, kinds), "#bab0ac")
+            colour = OWNER_COLOURS.get(kinds.get(layer.owner, "template"), "#bab0ac")
             tip = f"{layer.owner}: {human(layer.size)} {layer.step}"
             out.append(
                 f'<rect x="{x:.2f}" y="{y}" width="{max(w, 0.5):.2f}" height="{bar}" '
