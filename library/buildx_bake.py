@@ -60,6 +60,17 @@ options:
     description: Lines of a failed target's log kept in its result.
     type: int
     default: 40
+  only:
+    description: This builder's share of the plan (node names, M(fleet_plan)'s C(rest) or
+      C(common)); the bake file is cut to it (written under I(log_dir)) and only these nodes
+      are reported. Omitted, every target is built.
+    type: list
+    elements: str
+  failed_elsewhere:
+    description: Node -> why, for nodes another builder failed to make; a node of the share
+      whose parent is one of them is skipped with that reason.
+    type: dict
+    default: {}
 author: aiclipse
 """
 
@@ -124,7 +135,7 @@ import json
 from pathlib import Path
 
 from ansible.module_utils.bake_metadata import MetadataError
-from ansible.module_utils.bake_run import Baker, entitlements
+from ansible.module_utils.bake_run import Baker, entitlements, share
 from ansible.module_utils.basic import AnsibleModule
 
 
@@ -135,6 +146,20 @@ def _check_mode_targets(nodes: list[dict]) -> dict:
         for n in nodes
         if n.get("status") == "stale"
     }
+
+
+def _blocked(nodes: list[dict], failed: dict) -> dict[str, str]:
+    """Node -> why it cannot build: an ancestor another builder failed to make."""
+    parents = {n.get("name"): n.get("parent") for n in nodes}
+    out = {}
+    for name in parents:
+        parent = parents.get(name)
+        while parent:
+            if parent in failed:
+                out[name] = f"parent {parent} {failed[parent]}"
+                break
+            parent = parents.get(parent)
+    return out
 
 
 def main() -> None:
@@ -149,6 +174,8 @@ def main() -> None:
             "builder": {"type": "str", "default": ""},
             "timeout": {"type": "int", "default": 7200},
             "tail_lines": {"type": "int", "default": 40},
+            "only": {"type": "list", "elements": "str"},
+            "failed_elsewhere": {"type": "dict", "default": {}},
         },
         supports_check_mode=True,
     )
@@ -165,8 +192,15 @@ def main() -> None:
         module.fail_json(msg="stale nodes but no bake_file. Fix: pass the plan's bake_file")
     else:  # check mode: the plan wrote no bake file; its stale nodes are what would build
         bake = {"target": _check_mode_targets(p["nodes"])}
+    bake_file, only = p["bake_file"], p["only"]
+    if only is not None:  # one builder's share: its own cut of the bake file
+        bake = share(bake, only)
+        if bake["target"] and not module.check_mode:
+            Path(p["log_dir"]).mkdir(parents=True, exist_ok=True)
+            bake_file = str(Path(p["log_dir"]) / "bake.json")
+            Path(bake_file).write_text(json.dumps(bake, indent=2, sort_keys=True) + "\n")
     baker = Baker(
-        p["bake_file"],
+        bake_file,
         bake,
         Path(p["log_dir"]),
         named_contexts=p["named_contexts"],
@@ -174,6 +208,8 @@ def main() -> None:
         builder=p["builder"],
         timeout=p["timeout"],
         tail_lines=p["tail_lines"],
+        blocked=_blocked(p["nodes"], p["failed_elsewhere"]),
+        only=only,
     )
     try:
         report = baker.run(check_mode=module.check_mode, plan_nodes=p["nodes"])

@@ -26,7 +26,7 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,6 +95,35 @@ def targets_of(bake: dict[str, Any]) -> dict[str, Outcome]:
                 depth, parent = depth + 1, out[parent].parent
             item.level = depth
     return dict(sorted(out.items(), key=lambda kv: (kv[1].level, kv[0])))
+
+
+def share(bake: dict[str, Any], nodes: Collection[str]) -> dict[str, Any]:
+    """The bake file cut to the targets of ``nodes`` (one builder's share of the plan).
+
+    A ``contexts`` link to a target outside the share is dropped: ``FROM ${PARENT}`` then
+    names the parent's hash tag, which the builder that built it has pushed to the registry
+    every builder shares, and this builder's engine pulls it from there."""
+    wanted = set(nodes)
+    targets = {
+        name: dict(spec)
+        for name, spec in bake.get("target", {}).items()
+        if spec.get("labels", {}).get("io.aiclipse.node", name) in wanted
+    }
+    for spec in targets.values():
+        contexts = {
+            key: value
+            for key, value in spec.get("contexts", {}).items()
+            if not value.startswith("target:") or value.removeprefix("target:") in targets
+        }
+        if contexts:
+            spec["contexts"] = contexts
+        else:
+            spec.pop("contexts", None)
+    groups = {
+        name: {**body, "targets": [t for t in body.get("targets", []) if t in targets]}
+        for name, body in bake.get("group", {}).items()
+    }
+    return {**bake, "group": groups, "target": targets}
 
 
 def batches(outcomes: dict[str, Outcome], named_contexts: bool) -> list[list[str]]:
@@ -223,6 +252,7 @@ class BakeReport:
     outcomes: dict[str, Outcome]
     calls: list[Call]
     plan_nodes: Sequence[dict[str, Any]] = ()
+    only: Collection[str] | None = None  # this builder's share of the plan; None: all of it
 
     def results(self) -> dict[str, dict[str, Any]]:
         """Every node of the plan (os-base aside), in plan order: what the plan said
@@ -232,7 +262,7 @@ class BakeReport:
         out: dict[str, dict[str, Any]] = {}
         for node in self.plan_nodes:
             name, status = node.get("name", ""), node.get("status", "")
-            if status == "external":
+            if status == "external" or (self.only is not None and name not in self.only):
                 continue
             if name in by_node:
                 out[name] = asdict(by_node[name])
@@ -291,6 +321,8 @@ class Baker:
         tail_lines: int = 40,
         runner: Runner = subprocess_runner,
         clock: Callable[[], float] = time.monotonic,
+        blocked: Mapping[str, str] | None = None,
+        only: Collection[str] | None = None,
     ) -> None:
         self.bake_file, self.log_dir = bake_file, log_dir
         self.named_contexts, self.allow, self.builder = named_contexts, list(allow), builder
@@ -300,6 +332,10 @@ class Baker:
         self.one_by_one = needs_build_command(bake)
         self.outcomes = targets_of(bake)
         self.calls: list[Call] = []
+        self.only = only
+        for item in self.outcomes.values():  # a parent another builder failed to make
+            if blocked and item.node in blocked:
+                item.status, item.reason = "skipped", blocked[item.node]
 
     def _call(self, targets: list[str], label: str) -> tuple[int, dict[str, BuildResult], Path]:
         log = self.log_dir / f"{label}.log"
@@ -335,6 +371,8 @@ class Baker:
     def _run(self, targets: list[str], label: str) -> None:
         todo = []
         for name in targets:
+            if self.outcomes[name].status == "skipped":
+                continue
             blocker = self._blocked_by(name)
             if blocker:
                 item = self.outcomes[name]
@@ -371,14 +409,14 @@ class Baker:
         if check_mode:
             for item in self.outcomes.values():
                 item.status, item.reason = "planned", "check mode: not built"
-            return BakeReport(self.outcomes, [], plan_nodes)
+            return BakeReport(self.outcomes, [], plan_nodes, self.only)
         if self.outcomes:
             self.log_dir.mkdir(parents=True, exist_ok=True)
         if self.one_by_one:  # docker buildx build: one target per call, parents first
             for name, item in self.outcomes.items():
                 self._run([name], f"level{item.level}.{name}")
-            return BakeReport(self.outcomes, self.calls, plan_nodes)
+            return BakeReport(self.outcomes, self.calls, plan_nodes, self.only)
         for batch in batches(self.outcomes, self.named_contexts):
             label = "all" if self.named_contexts else f"level{self.outcomes[batch[0]].level}"
             self._run(batch, label)
-        return BakeReport(self.outcomes, self.calls, plan_nodes)
+        return BakeReport(self.outcomes, self.calls, plan_nodes, self.only)
