@@ -62,6 +62,15 @@ options:
     type: list
     elements: str
     default: []
+  builder_of:
+    description: Node -> the builder the plan placed it on (M(fleet_plan)'s C(builder_of)).
+    type: dict
+    default: {}
+  reported:
+    description: The builders whose results came back; a stale image placed on another one
+      is reported failed, naming its builder. Omitted, no such check.
+    type: list
+    elements: str
 author:
   - aiclipse-comfy
 """
@@ -159,11 +168,20 @@ def main() -> None:
             "username": {"type": "str", "default": ""},
             "password": {"type": "str", "default": "", "no_log": True},
             "insecure": {"type": "list", "elements": "str", "default": []},
+            "builder_of": {"type": "dict", "default": {}},
+            "reported": {"type": "list", "elements": "str"},
         },
         supports_check_mode=True,
     )
     p = module.params
-    report = rows(p["plan_nodes"], p["build_results"], p["verify_results"], p["push_results"])
+    report = rows(
+        p["plan_nodes"],
+        p["build_results"],
+        p["verify_results"],
+        p["push_results"],
+        p["builder_of"],
+        p["reported"],
+    )
     missing = []
     if p["layers"]:
         creds = Credentials(p["username"], p["password"])

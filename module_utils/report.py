@@ -51,6 +51,7 @@ class Row:
     build_seconds: float = 0.0
     push_seconds: float = 0.0
     bytes_pushed: int = 0
+    builder: str = ""  # the builder the plan placed it on
     layers: list[Layer] = field(default_factory=list)
 
     @property
@@ -78,13 +79,17 @@ def rows(
     build: Mapping[str, Mapping[str, Any]],
     verify: Mapping[str, Mapping[str, Any]],
     push: Mapping[str, Mapping[str, Any]],
+    builder_of: Mapping[str, str] | None = None,
+    reported: Sequence[str] | None = None,
 ) -> list[Row]:
     """One row per image of the plan, in plan order (the OS base is ``external``).
 
     ``build`` is keyed by node, ``verify`` by node, ``push`` by image reference (what the
     roles return). A built image that failed verification or push counts as failed: it was
-    not published.
+    not published. ``builder_of`` (node -> builder) and ``reported`` (the builders whose
+    results came back): a stale image whose builder never reported failed with it.
     """
+    builder_of = builder_of or {}
     out = []
     for node in nodes:
         name = node["name"]
@@ -96,8 +101,16 @@ def rows(
             why=node.get("reason", ""),
             ref=node.get("ref", ""),
             digest=node.get("digest", ""),
+            builder=builder_of.get(name, ""),
         )
         built = build.get(name)
+        lost = reported is not None and row.builder and row.builder not in reported
+        if not built and row.status == "stale" and lost:
+            row.status = "failed"
+            row.why = (
+                f"builder {row.builder} gave no result (unreachable, or it failed: "
+                "see the run's output)"
+            )
         if built:
             row.status = built.get("status", row.status)
             row.why = built.get("reason", "") or row.why
@@ -221,14 +234,17 @@ def summary(rows_: Sequence[Row]) -> dict[str, Any]:
 
 
 def table(rows_: Sequence[Row]) -> str:
-    """One line per image: status, node, digest, size (own), build and push time, pushed, why."""
-    head = ("STATUS", "IMAGE", "DIGEST", "SIZE", "OWN", "BUILD", "PUSH", "PUSHED", "WHY")
+    """One line per image: status, node, (builder, in a fleet,) digest, size (own), build and
+    push time, pushed, why."""
+    fleet = len({row.builder for row in images(rows_)} - {""}) > 1
+    head = ("STATUS", "IMAGE", "BUILDER", "DIGEST", "SIZE", "OWN", "BUILD", "PUSH", "PUSHED", "WHY")
     lines = [head]
     for row in images(rows_):
         lines.append(
             (
                 row.status,
                 row.node,
+                row.builder or "-",
                 row.digest.removeprefix("sha256:")[:12] or "-",
                 human(row.size) if row.layers else "-",
                 human(row.own_size()) if row.layers else "-",
@@ -238,7 +254,9 @@ def table(rows_: Sequence[Row]) -> str:
                 row.why or "-",
             )
         )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head) - 1)]
+    if not fleet:  # one builder: its name in every row says nothing
+        lines = [line[:2] + line[3:] for line in lines]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]) - 1)]
     return "\n".join(
         "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(line[:-1])) + "  " + line[-1]
         for line in lines

@@ -115,6 +115,28 @@ def test_without_a_build_step_stale_nodes_are_planned():
     assert report["tiny-cpu"].why == "new node"
 
 
+def test_a_builder_that_never_reported_fails_its_images_naming_it():
+    """A fleet: base-cpu and big-cpu on builder b, which died before it gave any result."""
+    build, verify, push = results()
+    for name in ("base-cpu", "big-cpu"):
+        del build[name]
+    del verify["big-cpu"]
+    builder_of = {"base-common": "a", "base-cpu": "b", "tiny-cpu": "a", "big-cpu": "b"}
+    report = by_name(rows(plan_nodes(), build, verify, push, builder_of, ["a"]))
+    assert report["big-cpu"].status == "failed"
+    assert report["big-cpu"].why.startswith("builder b gave no result (unreachable")
+    assert report["base-cpu"].status == "failed" and report["base-cpu"].builder == "b"
+    assert report["tiny-cpu"].status == "built" and report["tiny-cpu"].builder == "a"
+    assert report["sd-h100"].status == "skipped"  # the plan skipped it: no builder involved
+    lines = table(list(report.values())).splitlines()
+    assert lines[0].split()[:3] == ["STATUS", "IMAGE", "BUILDER"]  # more than one builder
+    assert next(line for line in lines if " big-cpu " in line).split()[:3] == [
+        "failed",
+        "big-cpu",
+        "b",
+    ]
+
+
 def test_layers_of_skips_empty_layer_history():
     manifest = {"layers": [{"digest": D["os"], "size": 10}, {"digest": D["common"], "size": 20}]}
     config = {
