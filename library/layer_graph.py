@@ -92,6 +92,13 @@ options:
     description: Builder capabilities (C(ansible_facts.builder_host_buildx)).
     type: dict
     default: {}
+  builders:
+    description: The capabilities of every ready builder of a fleet; the bake file uses only
+      what all of them can do (named contexts, registry cache) and loads images where a
+      builder is not the engine's own. Given, I(builder) is ignored.
+    type: list
+    elements: dict
+    default: []
   registry_username:
     description: Registry user for the existence checks.
     type: str
@@ -156,8 +163,14 @@ table:
   returned: always
   type: list
   elements: str
+caps:
+  description: What the bake file was written for (copy_link, named_contexts,
+    cache_export, load), which every builder can do.
+  returned: always
+  type: dict
 """
 
+import dataclasses
 import shutil
 import tempfile
 from pathlib import Path
@@ -167,13 +180,13 @@ from ansible.module_utils.config import ConfigError, load_config
 from ansible.module_utils.gitsource import GitSourceError
 from ansible.module_utils.gpu_matrix import IncompatibleTarget, MatrixError
 from ansible.module_utils.graph import (
-    BuilderCaps,
     PlanError,
     Settings,
     load_previous,
     make_plan,
     plan_json,
     plan_table,
+    weakest,
     write_outputs,
 )
 from ansible.module_utils.manifests import ManifestError
@@ -193,14 +206,6 @@ EXPECTED = (
     RegistryError,
     TemplateError,
 )
-
-
-def caps_from_facts(facts: dict) -> BuilderCaps:
-    return BuilderCaps(
-        copy_link=bool(facts.get("copy_link", False)),
-        named_contexts=bool(facts.get("copy_link", False)),  # both arrived with BuildKit 0.10
-        cache_export=tuple(facts.get("cache_export", ("inline",))),
-    )
 
 
 def main() -> None:
@@ -225,6 +230,7 @@ def main() -> None:
             "source": {"type": "str", "default": ""},
             "revision": {"type": "str", "default": ""},
             "builder": {"type": "dict", "default": {}},
+            "builders": {"type": "list", "elements": "dict", "default": []},
             "registry_username": {"type": "str", "default": ""},
             "registry_password": {"type": "str", "default": "", "no_log": True},
             "insecure_registries": {"type": "list", "elements": "str", "default": []},
@@ -236,6 +242,7 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="aiclipse-plan-")) if module.check_mode else None
     registries: dict[str, Registry] = {}
     creds = Credentials(p["registry_username"], p["registry_password"])
+    caps = weakest(p["builders"] or [p["builder"]])
 
     def lookup(ref: str) -> str | None:
         parsed = parse_ref(ref)
@@ -263,7 +270,7 @@ def main() -> None:
             revision=p["revision"],
             network=p["network"],
             date_tag=p["date_tag"],
-            caps=caps_from_facts(p["builder"]),
+            caps=caps,
             resolve_options=ResolveOptions(cert=p["ca_bundle"]),
         )
         previous = load_previous(build_dir / "plan.json")
@@ -292,6 +299,7 @@ def main() -> None:
         bake_file=bake_path,
         plan_file=plan_path,
         table=plan_table(plan).splitlines(),
+        caps=dataclasses.asdict(caps),
     )
 
 

@@ -70,6 +70,23 @@ class BuilderCaps:
     copy_link: bool = False
     named_contexts: bool = False
     cache_export: tuple[str, ...] = ("inline",)
+    load: bool = False  # a builder outside the engine (docker-container): load the images
+
+
+def weakest(facts: Sequence[Mapping[str, Any]]) -> BuilderCaps:
+    """What every builder of a fleet can do, from each one's buildx facts: one bake file
+    serves them all. A docker-container builder needs its images loaded into the engine."""
+    if not facts:
+        return BuilderCaps()
+    copy_link = all(bool(f.get("copy_link", False)) for f in facts)
+    exports = [tuple(f.get("cache_export", ("inline",))) for f in facts]
+    shared = tuple(kind for kind in exports[0] if all(kind in other for other in exports[1:]))
+    return BuilderCaps(
+        copy_link=copy_link,
+        named_contexts=copy_link,  # both arrived with BuildKit 0.10
+        cache_export=shared or ("inline",),
+        load=any(f.get("driver", "docker") != "docker" for f in facts),
+    )
 
 
 @dataclass(frozen=True)
@@ -636,6 +653,8 @@ def bake_file(plan: Plan, settings: Settings) -> dict[str, Any]:
         if caps.named_contexts and parent.status == "stale":
             spec["contexts"] = {parent_ref: f"target:{target_id(parent.name)}"}
         cache_ref = f"{node.image}:cache-{node.name}"
+        if caps.load:  # a container builder keeps its results unless told to load them
+            spec["output"] = ["type=docker"]
         if "registry" in caps.cache_export:
             spec["cache-from"] = [f"type=registry,ref={cache_ref}"]
             spec["cache-to"] = [f"type=registry,ref={cache_ref},mode=max"]

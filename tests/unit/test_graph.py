@@ -23,6 +23,7 @@ from ansible.module_utils.graph import (
     make_plan,
     plan_json,
     plan_table,
+    weakest,
     write_outputs,
 )
 from ansible.module_utils.package_layers import ResolveOptions
@@ -213,6 +214,20 @@ def test_named_contexts_link_stale_parents_when_the_builder_can(world, tmp_path)
     assert target["contexts"] == {common.ref: "target:base-common"}
     assert target["cache-to"] == [f"type=registry,ref={common.image}:cache-base-cpu,mode=max"]
     assert "COPY --link --from=layer-torch" in (tmp_path / "b/base-cpu/Dockerfile").read_text()
+
+
+def test_a_fleet_bakes_for_its_weakest_builder_and_loads_from_container_builders(world, tmp_path):
+    new = {"copy_link": True, "cache_export": ["inline", "registry", "local"], "driver": "docker"}
+    old = {"copy_link": False, "cache_export": ["inline"], "driver": "docker"}
+    box = {"copy_link": True, "cache_export": ["registry", "inline"], "driver": "docker-container"}
+    assert weakest([new, old]) == BuilderCaps()
+    assert weakest([new, box]) == BuilderCaps(True, True, ("inline", "registry"), load=True)
+    assert weakest([]) == weakest([{}]) == BuilderCaps()
+    p = plan(world, tmp_path / "b", caps=weakest([box]))
+    assert p.bake["target"]["base-cpu"]["output"] == ["type=docker"]  # into the engine
+    assert (
+        "output" not in plan(world, tmp_path / "c", caps=weakest([new])).bake["target"]["base-cpu"]
+    )
 
 
 def test_reasons_name_the_changed_input(world, tmp_path):
