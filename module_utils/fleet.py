@@ -11,7 +11,7 @@ them go first, then the costliest, each onto the least-loaded builder that can t
 A unit for a GPU that no ready builder carries still builds (building needs no GPU) on the
 least-loaded builder, and the placement says that its GPU checks will not run. A unit's cost
 is the seconds its stale nodes took the last time they were built, where a report says so,
-else a weight by kind.
+else a weight by kind scaled into seconds by the nodes that were timed.
 """
 
 from __future__ import annotations
@@ -64,13 +64,18 @@ class Placement:
         return [f"{row[0].ljust(width[0])}  {row[1].rjust(width[1])}  {row[2]}" for row in rows]
 
 
-def _cost(node: Mapping[str, Any], seconds: Mapping[str, float]) -> float:
-    if node.get("status") != "stale":
-        return 0.0
-    timed = seconds.get(node["name"])
-    if timed:
-        return float(timed)
-    return WEIGHTS.get(node.get("kind", ""), 1.0)
+def costs(nodes: Sequence[Mapping[str, Any]], seconds: Mapping[str, float]) -> dict[str, float]:
+    """Node -> what building it costs now: 0 unless stale; its seconds in an earlier report;
+    else its kind's weight, scaled into seconds by the median seconds-per-weight of the
+    nodes that were timed (so timed and untimed nodes weigh alike)."""
+    weight = {n["name"]: WEIGHTS.get(n.get("kind", ""), 1.0) for n in nodes}
+    stale = [n["name"] for n in nodes if n.get("status") == "stale"]
+    ratios = sorted(float(seconds[n]) / weight[n] for n in stale if seconds.get(n))
+    scale = ratios[len(ratios) // 2] if ratios else 1.0
+    out = dict.fromkeys((n["name"] for n in nodes), 0.0)
+    for name in stale:
+        out[name] = float(seconds[name]) if seconds.get(name) else weight[name] * scale
+    return out
 
 
 def assign(
@@ -88,7 +93,7 @@ def assign(
             "no builder is ready (each failed to prepare or was unreachable; see above): "
             "fix one and run again"
         )
-    seconds = seconds or {}
+    cost = costs(nodes, seconds or {})
     names = [b.name for b in builders]
     order = {name: i for i, name in enumerate(names)}
     out = Placement(loads=dict.fromkeys(names, 0.0))
@@ -106,7 +111,7 @@ def assign(
 
     def sort_key(target: str) -> tuple[int, float, str]:
         able = eligible(target) or names
-        return (len(able), -sum(_cost(n, seconds) for n in units[target]), target)
+        return (len(able), -sum(cost[n["name"]] for n in units[target]), target)
 
     for target in sorted(units, key=sort_key):
         able = eligible(target)
@@ -121,7 +126,7 @@ def assign(
         for node in units[target]:
             out.builder_of[node["name"]] = where
             out.rest.setdefault(where, []).append(node["name"])
-            out.loads[where] += _cost(node, seconds)
+            out.loads[where] += cost[node["name"]]
 
     busy = {
         out.builder_of[n["name"]]
@@ -134,7 +139,7 @@ def assign(
         pool = sorted(busy, key=order.get) if len(busy) == 1 else names
         where = min(pool, key=lambda b: (out.loads[b], order[b]))
         out.builder_of[node["name"]] = where
-        out.loads[where] += _cost(node, seconds)
+        out.loads[where] += cost[node["name"]]
         if node.get("status") == "stale" and busy - {where}:
             out.common[where] = [node["name"]]  # built and pushed before the others start
         else:

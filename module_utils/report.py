@@ -86,8 +86,9 @@ def rows(
 
     ``build`` is keyed by node, ``verify`` by node, ``push`` by image reference (what the
     roles return). A built image that failed verification or push counts as failed: it was
-    not published. ``builder_of`` (node -> builder) and ``reported`` (the builders whose
-    results came back): a stale image whose builder never reported failed with it.
+    not published. ``builder_of`` (node -> builder) and ``reported`` (the builders that saw
+    their share through): an image left unfinished by a builder that failed or vanished
+    midway (planned, or built but not pushed) failed with it.
     """
     builder_of = builder_of or {}
     out = []
@@ -104,13 +105,6 @@ def rows(
             builder=builder_of.get(name, ""),
         )
         built = build.get(name)
-        lost = reported is not None and row.builder and row.builder not in reported
-        if not built and row.status == "stale" and lost:
-            row.status = "failed"
-            row.why = (
-                f"builder {row.builder} gave no result (unreachable, or it failed: "
-                "see the run's output)"
-            )
         if built:
             row.status = built.get("status", row.status)
             row.why = built.get("reason", "") or row.why
@@ -138,6 +132,13 @@ def rows(
                 row.why = f"push failed: {sent.get('error', '')}"
         elif row.status == "built":
             row.why = row.why or "not pushed"
+        lost = reported is not None and row.builder and row.builder not in reported
+        if lost and row.status in ("planned", "built") and not row.pushed:
+            row.status = "failed"
+            row.why = (
+                f"builder {row.builder} did not finish (unreachable, or it failed: "
+                "see the run's output)"
+            )
         out.append(row)
     return out
 

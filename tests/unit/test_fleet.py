@@ -7,7 +7,7 @@ import json
 
 import pytest
 from ansible.module_utils.bake_run import Baker, share
-from ansible.module_utils.fleet import Builder, FleetError, assign, unready_notes
+from ansible.module_utils.fleet import Builder, FleetError, assign, costs, unready_notes
 from test_bake import FakeBake, bake_of
 
 
@@ -85,6 +85,16 @@ def test_times_of_an_earlier_report_weigh_the_units():
     assert out.builder_of["base-c1"] != out.builder_of["base-c2"]
     assert out.builder_of["base-c2"] == out.builder_of["base-c3"]
     assert out.loads[out.builder_of["base-c1"]] == 320.0
+
+
+def test_untimed_nodes_are_weighed_in_the_timed_ones_seconds():
+    """base-c1 took 400 s (100 s per weight unit) and t-c1 100 s: the untimed base-c2 (a new
+    target) costs 4 x 100 s, not 4 'weights' beside hundreds of seconds."""
+    nodes = plan({"c1": ["t"], "c2": ["t"]})
+    cost = costs(nodes, {"base-c1": 400.0, "t-c1": 100.0})
+    assert cost["base-c2"] == 400.0 and cost["t-c2"] == 100.0
+    assert cost["base-common"] == 600.0 and cost["os-base"] == 0.0
+    assert costs(nodes, {})["base-c2"] == 4.0  # nothing timed: the weights themselves
 
 
 def test_cached_work_costs_nothing_and_keeps_base_common_with_its_builder():

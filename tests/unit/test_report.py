@@ -116,18 +116,28 @@ def test_without_a_build_step_stale_nodes_are_planned():
 
 
 def test_a_builder_that_never_reported_fails_its_images_naming_it():
-    """A fleet: base-cpu and big-cpu on builder b, which died before it gave any result."""
+    """A fleet: base-cpu and big-cpu on builder b, which died before it gave any result;
+    tiny-cpu on a, which finished, and a built image of b that was never pushed."""
     build, verify, push = results()
     for name in ("base-cpu", "big-cpu"):
         del build[name]
     del verify["big-cpu"]
+    del push[f"{REG}:base-cpu-0123456789ab"]
     builder_of = {"base-common": "a", "base-cpu": "b", "tiny-cpu": "a", "big-cpu": "b"}
     report = by_name(rows(plan_nodes(), build, verify, push, builder_of, ["a"]))
     assert report["big-cpu"].status == "failed"
-    assert report["big-cpu"].why.startswith("builder b gave no result (unreachable")
+    assert report["big-cpu"].why.startswith("builder b did not finish (unreachable")
     assert report["base-cpu"].status == "failed" and report["base-cpu"].builder == "b"
     assert report["tiny-cpu"].status == "built" and report["tiny-cpu"].builder == "a"
     assert report["sd-h100"].status == "skipped"  # the plan skipped it: no builder involved
+    build["big-cpu"] = {"status": "built", "reason": "", "seconds": 4.0, "digest": ""}
+    big = by_name(rows(plan_nodes(), build, verify, push, builder_of, ["a"]))["big-cpu"]
+    assert big.status == "failed" and big.why.startswith("builder b did not finish")
+    # and a finished builder's image built but not pushed (verification not run) is not failed
+    assert (
+        by_name(rows(plan_nodes(), build, verify, push, builder_of, ["a", "b"]))["big-cpu"].status
+        == "built"
+    )
     lines = table(list(report.values())).splitlines()
     assert lines[0].split()[:3] == ["STATUS", "IMAGE", "BUILDER"]  # more than one builder
     assert next(line for line in lines if " big-cpu " in line).split()[:3] == [
