@@ -104,12 +104,12 @@ built:
   returned: always
   type: list
   elements: str
-failed:
+failed_nodes:
   description: Nodes whose build failed.
   returned: always
   type: list
   elements: str
-skipped:
+skipped_nodes:
   description: Nodes not built because an ancestor failed.
   returned: always
   type: list
@@ -216,6 +216,8 @@ def main() -> None:
     except MetadataError as err:
         module.fail_json(msg=str(err))
     out = report.as_dict()
+    # `failed` and `skipped` in a result are Ansible's own: a list there fails or skips the task
+    out["failed_nodes"], out["skipped_nodes"] = out.pop("failed"), out.pop("skipped")
     module.exit_json(changed=bool(out["built"]), **out)
 
 

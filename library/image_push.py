@@ -55,7 +55,7 @@ images:
   description: Per image ref its digest, bytes and layers pushed, tags moved, or the error.
   returned: always
   type: dict
-failed:
+failed_images:
   description: Refs that failed to push or to move their tags.
   returned: always
   type: list
@@ -94,7 +94,7 @@ def main() -> None:
     )
     p = module.params
     if module.check_mode:
-        module.exit_json(changed=bool(p["images"]), images={}, failed=[], bytes_pushed=0)
+        module.exit_json(changed=bool(p["images"]), images={}, failed_images=[], bytes_pushed=0)
     creds = Credentials(p["username"], p["password"])
     results, failed, writers = {}, [], {}
     for image in p["images"]:
@@ -121,7 +121,7 @@ def main() -> None:
     module.exit_json(
         changed=any(r["status"] == "pushed" for r in results.values()),
         images=results,
-        failed=failed,
+        failed_images=failed,  # not `failed`: Ansible would fail the task on it
         bytes_pushed=sum(r.get("bytes_pushed", 0) for r in results.values()),
     )
 
