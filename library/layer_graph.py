@@ -141,7 +141,7 @@ stale:
   returned: always
   type: list
   elements: str
-skipped:
+skipped_nodes:
   description: Nodes that cannot be planned here (an unreachable source or index), with why.
   returned: always
   type: list
@@ -295,7 +295,7 @@ def main() -> None:
         changed=changed,
         nodes=plan_json(plan, settings)["nodes"],
         stale=[node.name for node in plan.stale],
-        skipped=plan.skipped,
+        skipped_nodes=plan.skipped,  # not `skipped`: Ansible would call the task skipped
         bake_file=bake_path,
         plan_file=plan_path,
         table=plan_table(plan).splitlines(),
