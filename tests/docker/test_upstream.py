@@ -210,7 +210,8 @@ def test_the_torch_family_is_one_build(runs):
         for ref in _template_refs(result):
             run = _in(ref, "/opt/venv/bin/python", "-c", code)
             assert run.returncode == 0, f"{ref}: {run.stderr[-3000:]}"
-            torch_v, vision_v, audio_v, _cuda, keep = json.loads(run.stdout.strip().splitlines()[-1])
+            last = run.stdout.strip().splitlines()[-1]
+            torch_v, vision_v, audio_v, _cuda, keep = json.loads(last)
             assert keep == [0], keep
             variants = {v.partition("+")[2] for v in (torch_v, vision_v, audio_v)}
             assert len(variants) == 1, (torch_v, vision_v, audio_v)
