@@ -2,17 +2,26 @@
 
 The plan needs ComfyUI's and ComfyUI-Manager's requirements.txt at their pinned commits to
 resolve the package layers; it fetches the commit once into ``<cache>/git/<sha256(url)>``.
+
+Every call that talks to a remote is bounded by ``timeout`` (the inventory's
+``source_timeout``, 60 s by default): ``ls-remote`` must answer within it, a transfer that
+stalls for that long is stopped (``http.lowSpeedTime`` for http(s), ``ServerAliveInterval``
+for ssh) and a fetch as a whole gets ten times it. No call prompts for credentials.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import hashlib
+import os
 import re
 import subprocess
 from pathlib import Path
 
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
+DEFAULT_TIMEOUT = 60.0  # seconds; the inventory's source_timeout
+FETCH_FACTOR = 10  # a whole fetch may take this many timeouts (slow links, big repositories)
+_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 
 
 class GitSourceError(Exception):
@@ -24,10 +33,66 @@ class SourceUnreachable(GitSourceError):
     are skipped with this reason rather than failing the whole plan."""
 
 
-def _git(args: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["git", *args], cwd=cwd, capture_output=True, text=True, check=False, timeout=600
+def mask_url(text: str) -> str:
+    """``text`` with the credentials of every URL in it hidden: ``https://***@host/...``."""
+    return _USERINFO.sub("***@", text)
+
+
+def network_env(timeout: float, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a git call that talks to a remote: no prompt for credentials, an
+    http(s) transfer below 1 byte/s for ``timeout`` seconds stops, ssh gives up connecting
+    or on a silent server after ``timeout`` seconds (options added to a GIT_SSH_COMMAND
+    already set)."""
+    env = dict(os.environ if base is None else base)
+    secs = str(max(1, int(timeout)))
+    ssh = env.get("GIT_SSH_COMMAND") or "ssh"
+    alive = max(1, int(timeout) // 3)
+    env.update(
+        GIT_TERMINAL_PROMPT="0",
+        GIT_HTTP_LOW_SPEED_LIMIT="1",
+        GIT_HTTP_LOW_SPEED_TIME=secs,
+        GIT_SSH_COMMAND=(
+            f"{ssh} -o BatchMode=yes -o ConnectTimeout={secs} "
+            f"-o ServerAliveInterval={alive} -o ServerAliveCountMax=3"
+        ),
     )
+    return env
+
+
+def _git(
+    args: list[str], cwd: Path | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["git", *args], cwd=cwd, capture_output=True, text=True, check=False, timeout=timeout
+    )
+
+
+def _remote(
+    args: list[str], url: str, where: str, timeout: float, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """git ``args`` against ``url``, within ``timeout`` seconds (SourceUnreachable when not)."""
+    secs = max(1, int(timeout))
+    argv = ["git", "-c", "http.lowSpeedLimit=1", "-c", f"http.lowSpeedTime={secs}", *args]
+    try:
+        return subprocess.run(
+            argv,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=timeout,
+            env=network_env(timeout),
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise SourceUnreachable(
+            f"{where}: {mask_url(url)} did not answer `git {args[0]}` within {timeout:g} s "
+            "(source_timeout). Fix: check the URL and the network, use a reachable mirror, "
+            "or raise source_timeout in the inventory"
+        ) from exc
+
+
+def _why(done: subprocess.CompletedProcess[str], default: str) -> str:
+    return mask_url(done.stderr.strip() or default)
 
 
 def require_commit(ref: str, where: str) -> str:
@@ -50,29 +115,50 @@ def cache_repo(cache_dir: Path, url: str) -> Path:
     return path
 
 
-def ensure_commit(cache_dir: Path, url: str, commit: str, where: str) -> Path:
-    """Fetch ``commit`` of ``url`` into the cache unless it is there; return the bare repo."""
+def ensure_commit(
+    cache_dir: Path, url: str, commit: str, where: str, timeout: float = DEFAULT_TIMEOUT
+) -> Path:
+    """Fetch ``commit`` of ``url`` into the cache unless it is there; return the bare repo.
+
+    The remote must answer ``ls-remote`` within ``timeout`` seconds (git:// has no timeout
+    of its own), then the fetch may take ``FETCH_FACTOR`` times that."""
     repo = cache_repo(cache_dir, url)
     if _git(["cat-file", "-e", f"{commit}^{{commit}}"], cwd=repo).returncode == 0:
         return repo
-    fetched = _git(["fetch", "--quiet", "--depth=1", url, commit], cwd=repo)
+    probe = _remote(["ls-remote", "--", url, "HEAD"], url, where, timeout)
+    if probe.returncode != 0:
+        raise SourceUnreachable(
+            f"{where}: cannot fetch {mask_url(url)} ({_why(probe, 'git ls-remote failed')}). "
+            f"Fix: check the URL and the network, or point {where} at a reachable mirror"
+        )
+    long = timeout * FETCH_FACTOR
+    fetched = _remote(["fetch", "--quiet", "--depth=1", url, commit], url, where, long, repo)
     if fetched.returncode != 0:  # servers that refuse fetching a commit by SHA
-        fetched = _git(["fetch", "--quiet", url, "+refs/*:refs/remotes/src/*"], cwd=repo)
+        everything = ["fetch", "--quiet", url, "+refs/*:refs/remotes/src/*"]
+        fetched = _remote(everything, url, where, long, repo)
     if fetched.returncode != 0:
         raise SourceUnreachable(
-            f"{where}: cannot fetch {url} ({fetched.stderr.strip() or 'git fetch failed'}). "
-            "Fix: check the URL and the network, or point it at a reachable mirror"
+            f"{where}: cannot fetch {mask_url(url)} ({_why(fetched, 'git fetch failed')}). "
+            f"Fix: check the URL and the network, or point {where} at a reachable mirror"
         )
     if _git(["cat-file", "-e", f"{commit}^{{commit}}"], cwd=repo).returncode != 0:
         raise GitSourceError(
-            f"{where}: commit {commit} is not in {url}. Fix: use a commit of that repository"
+            f"{where}: commit {commit} is not in {mask_url(url)}. "
+            "Fix: use a commit of that repository"
         )
     return repo
 
 
-def read_file(cache_dir: Path, url: str, commit: str, path: str, where: str) -> str | None:
+def read_file(
+    cache_dir: Path,
+    url: str,
+    commit: str,
+    path: str,
+    where: str,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> str | None:
     """The text of ``path`` at ``commit``, or None when the commit has no such file."""
-    repo = ensure_commit(cache_dir, url, commit, where)
+    repo = ensure_commit(cache_dir, url, commit, where, timeout)
     shown = _git(["show", f"{commit}:{path}"], cwd=repo)
     return shown.stdout if shown.returncode == 0 else None
 
@@ -101,14 +187,15 @@ def _releases(tags: list[str]) -> list[str]:
     return final or tags
 
 
-def follow(url: str, pattern: str, where: str) -> tuple[str, str]:
+def follow(url: str, pattern: str, where: str, timeout: float = DEFAULT_TIMEOUT) -> tuple[str, str]:
     """(ref, commit) that ``pattern`` names in ``url`` now: a branch or tag name, or a tag
     glob such as ``v*`` (the release line: the highest version that matches)."""
-    done = _git(["ls-remote", "--heads", "--tags", url])
+    done = _remote(["ls-remote", "--heads", "--tags", "--", url], url, where, timeout)
     if done.returncode != 0:
         raise SourceUnreachable(
-            f"{where}: cannot list the refs of {url} ({done.stderr.strip() or 'ls-remote failed'})."
-            " Fix: check the URL and the network, or point it at a reachable mirror"
+            f"{where}: cannot list the refs of {mask_url(url)} "
+            f"({_why(done, 'ls-remote failed')}). Fix: check the URL and the network, "
+            "or point it at a reachable mirror"
         )
     refs: dict[str, str] = {}
     for line in done.stdout.splitlines():
@@ -122,7 +209,7 @@ def follow(url: str, pattern: str, where: str) -> tuple[str, str]:
         matching = [t for t in tags if fnmatch.fnmatchcase(t, pattern)]
         if not matching:
             raise GitSourceError(
-                f"{where}: no tag of {url} matches {pattern!r}. Fix: correct the pattern "
+                f"{where}: no tag of {mask_url(url)} matches {pattern!r}. Fix: correct the pattern "
                 f"(tags there: {', '.join(sorted(tags)[-5:]) or 'none'})"
             )
         best = max(_releases(matching), key=_version_key)
@@ -131,6 +218,6 @@ def follow(url: str, pattern: str, where: str) -> tuple[str, str]:
         if name in refs:
             return pattern, refs[name]
     raise GitSourceError(
-        f"{where}: {url} has no branch or tag {pattern!r}. Fix: name an existing branch, tag or "
-        "tag pattern (v*)"
+        f"{where}: {mask_url(url)} has no branch or tag {pattern!r}. "
+        "Fix: name an existing branch, tag or tag pattern (v*)"
     )

@@ -27,12 +27,14 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ansible.module_utils.gitsource import mask_url
 from packaging.markers import Marker
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
@@ -237,6 +239,9 @@ class ResolveOptions:
     inherit_pip_config: bool = False
     pip_command: tuple[str, ...] = (sys.executable, "-m", "pip")
     timeout_s: int = 900
+    # an index that does not answer for this long is named and the resolution stops
+    # (the inventory's source_timeout; pip gets --timeout and --retries within it)
+    network_timeout_s: float = 60.0
 
 
 def union_specs(layer_specs: Iterable[Any], extra_specs: Iterable[str] = ()) -> list[str]:
@@ -348,6 +353,127 @@ def _pip_environment(options: ResolveOptions) -> dict[str, str]:
     return env
 
 
+PIP_RETRIES = 2  # pip's --retries: each request is tried three times within the timeout
+_COULD_NOT_FETCH = re.compile(r"Could not fetch URL (\S+): (.*) - skipping")
+_POOL = re.compile(r"(HTTPS?)ConnectionPool\(host='([^']+)', port=(\d+)\)")
+# reasons that say the index did not answer (a 404 of a project an index lacks is normal)
+_NO_ANSWER = (
+    "timed out",
+    "connection error",
+    "Max retries exceeded",
+    "problem confirming the ssl certificate",
+)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text("utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def _indexes(options: ResolveOptions) -> list[str]:
+    if options.no_index:
+        return list(options.extra_index_urls)
+    return [options.index_url or "https://pypi.org/simple", *options.extra_index_urls]
+
+
+def _index_of(url: str, options: ResolveOptions) -> str:
+    """The configured index that ``url`` (a project page, or scheme://host:port) is under."""
+    for index in sorted(_indexes(options), key=len, reverse=True):
+        plain = mask_url(index).replace("://***@", "://").rstrip("/")  # pip logs no credentials
+        if url.rstrip("/").startswith(plain) or plain.startswith(url.rstrip("/") + "/"):
+            return index
+    return url
+
+
+def unreachable_indexes(log: str, options: ResolveOptions) -> dict[str, str]:
+    """Index URL -> pip's reason, for each index that did not answer (pip's ``--log``: a
+    project page it gave up on after its retries, or a connection pool error)."""
+    out: dict[str, str] = {}
+    for url, reason in _COULD_NOT_FETCH.findall(log):
+        if any(marker in reason for marker in _NO_ANSWER):
+            out.setdefault(_index_of(url, options), f"{mask_url(url)}: {reason}")
+    if not out:  # a wheel or metadata download that failed after its retries
+        for line in log.splitlines():
+            found = _POOL.search(line)
+            if found and "Max retries exceeded" in line:
+                scheme, host, port = found.groups()
+                url = f"{scheme.lower()}://{host}:{port}"
+                default = {"http": "80", "https": "443"}[scheme.lower()]
+                url = url.removesuffix(f":{default}")
+                out.setdefault(_index_of(url, options), mask_url(line.strip())[-300:])
+    return out
+
+
+def _index_role(index: str, options: ResolveOptions) -> str:
+    if index in options.extra_index_urls:
+        return "an extra index: the target's gpu_targets.<target>.torch_index_url"
+    if index == options.index_url:
+        return "the package index (--index-url)"
+    if not options.index_url and index.startswith("https://pypi.org/"):
+        return "PyPI, pip's default index"
+    return "a host pip downloads from"
+
+
+def index_message(failed: Mapping[str, str], options: ResolveOptions) -> str:
+    """One message naming every index that did not answer, where it comes from, the fix."""
+    parts = [
+        f"{mask_url(index)} ({_index_role(index, options)}): {why}" for index, why in failed.items()
+    ]
+    return (
+        f"pip could not reach {'; '.join(parts)}. It did not answer within "
+        f"{options.network_timeout_s:g} s (source_timeout). Fix: check the URL and the network "
+        "(a proxy: HTTPS_PROXY; TLS interception: build_ca_bundle), point the index at a "
+        "reachable mirror, or raise source_timeout in the inventory"
+    )
+
+
+def _run_pip(
+    args: Sequence[str], options: ResolveOptions, log: Path, count: int
+) -> subprocess.CompletedProcess[str]:
+    """Run pip; stop it as soon as its log shows an index that did not answer (pip would go
+    on without it, or try it again for every project) or after ``options.timeout_s``."""
+    deadline = time.monotonic() + options.timeout_s
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(
+            list(args), stdout=out, stderr=err, text=True, env=_pip_environment(options)
+        )
+        seen, offset = "", 0
+        try:
+            while proc.poll() is None:
+                # read what pip logged since the last look (its debug log can be megabytes)
+                try:
+                    with open(log, encoding="utf-8", errors="replace") as handle:
+                        handle.seek(offset)
+                        chunk = handle.read()
+                        offset = handle.tell()
+                except FileNotFoundError:
+                    chunk = ""
+                complete, _, rest = (seen + chunk).rpartition("\n")
+                seen = rest
+                failed = unreachable_indexes(complete, options)
+                if failed or time.monotonic() > deadline:
+                    proc.kill()
+                    proc.wait()
+                    if failed:
+                        raise ResolveError(index_message(failed, options))
+                    raise ResolveError(
+                        f"pip did not finish resolving {count} specs within "
+                        f"{options.timeout_s} s (indexes: "
+                        f"{', '.join(mask_url(i) for i in _indexes(options)) or 'none'}). "
+                        "Fix: check the indexes are reachable, or raise ResolveOptions.timeout_s"
+                    )
+                time.sleep(0.2)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(list(args), proc.returncode, out.read(), err.read())
+
+
 def run_pip_report(
     specs: Sequence[str],
     python_version: str,
@@ -372,22 +498,15 @@ def run_pip_report(
             str(work / "requirements.txt"),
             constraints_file,
         )
-        try:
-            done = subprocess.run(
-                args,
-                capture_output=True,
-                text=True,
-                env=_pip_environment(options),
-                timeout=options.timeout_s,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise ResolveError(
-                f"pip did not finish resolving {len(specs)} specs within {options.timeout_s} s. "
-                "Fix: check the index is reachable, or raise ResolveOptions.timeout_s"
-            ) from exc
+        log = work / "pip.log"
+        per_try = max(1.0, options.network_timeout_s / (PIP_RETRIES + 1))
+        args += ["--timeout", f"{per_try:g}", "--retries", str(PIP_RETRIES), "--log", str(log)]
+        done = _run_pip(args, options, log, len(specs))
         if done.returncode != 0:
-            tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-15:])
+            failed = unreachable_indexes(_read(log), options)
+            if failed:
+                raise ResolveError(index_message(failed, options))
+            tail = "\n".join(mask_url(done.stderr or done.stdout).strip().splitlines()[-15:])
             raise ResolveError(
                 f"pip could not resolve the package layers for python {python_version} on "
                 f"{platform} (exit {done.returncode}):\n{tail}\nFix: relax or change the specs "
