@@ -15,7 +15,8 @@ Every call streams ``--progress=plain`` into a log file of its own and writes a
 ``--metadata-file`` (parsed by bake_metadata). A call that fails tells nothing per target
 (bake cancels the others and writes no metadata), so its targets are built again one at a
 time (BuildKit's cache makes the finished steps free): each ends ``built``, ``failed`` (with
-the tail of its own log) or ``skipped`` (an ancestor failed). One failure never hides the
+the tail of its own log, and ``cause``: the failing step and its last output lines, parsed
+from the plain progress) or ``skipped`` (an ancestor failed). One failure never hides the
 others' results.
 """
 
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ansible.module_utils.bake_metadata import BuildResult, read_metadata
+from ansible.module_utils.gitsource import mask_url
 
 # runner(argv, log path, timeout seconds) -> exit status (124 when it timed out)
 Runner = Callable[[Sequence[str], Path, float], int]
@@ -51,6 +53,7 @@ class Outcome:
     tags: list[str] = field(default_factory=list)
     log: str = ""
     tail: list[str] = field(default_factory=list)
+    cause: list[str] = field(default_factory=list)  # the failing step's last output lines
     seconds: float = 0.0
 
 
@@ -231,6 +234,76 @@ def error_line(lines: Sequence[str]) -> str:
     return lines[-1].strip() if lines else "no output"
 
 
+_STEP = re.compile(r"^#(\d+) (\[.*)$")  # #12 [tiny-cpu 3/5] RUN python install_nodes.py
+_STEP_ERROR = re.compile(r"^#(\d+) ERROR: (.*)$")
+_STEP_OUTPUT = re.compile(r"^#(\d+) (\d+\.\d+) ?(.*)$")  # #12 0.532 <what the step printed>
+_STEP_END = re.compile(r"^#(\d+) (DONE|CACHED|CANCELED)\b")
+_EXIT = re.compile(r"exit code: (\d+)")
+_NOISE = re.compile(r"━|\|[█▉▊▋▌▍▎▏ ]+\||^\s*[\d.]+\s*[kMG]?B\s*/\s*[\d.]+\s*[kMG]?B")
+CAUSE_LINES = 12
+
+
+def _meaningful(text: str) -> bool:
+    return bool(text.strip()) and not _NOISE.search(text)
+
+
+def _short(step: str, width: int = 120) -> str:
+    step = " ".join(step.split())
+    return step if len(step) <= width else step[: width - 3] + "..."
+
+
+@dataclass(frozen=True)
+class Cause:
+    reason: str  # one line: the failing step, its exit code and its last meaningful line
+    lines: list[str]  # that step's last meaningful output lines, timestamps dropped
+
+
+def failure_cause(text: str, timed_out: bool = False) -> Cause | None:
+    """Why a BuildKit ``--progress=plain`` build failed: the step of the first ``#N ERROR``
+    (or, for a build that was killed, the last step that started and never ended), with
+    the last lines that step printed (install_nodes.py's own lines name the node). None when
+    the log names no step (an error before any step ran: the log's ERROR line says it)."""
+    titles: dict[str, str] = {}
+    output: dict[str, list[str]] = {}
+    ended: set[str] = set()
+    failed, error = "", ""
+    for raw in text.splitlines():
+        line = raw.rstrip()
+        m = _STEP_ERROR.match(line)
+        if m:
+            if not failed:
+                failed, error = m.group(1), m.group(2).strip()
+            continue
+        m = _STEP_OUTPUT.match(line)
+        if m:
+            if _meaningful(m.group(3)):
+                output.setdefault(m.group(1), []).append(mask_url(m.group(3).strip()))
+            continue
+        m = _STEP_END.match(line)
+        if m:
+            ended.add(m.group(1))
+            continue
+        m = _STEP.match(line)
+        if m:
+            titles.setdefault(m.group(1), m.group(2))
+    if not failed and timed_out:
+        running = [n for n in titles if n not in ended]
+        failed = running[-1] if running else ""
+    if not failed:
+        return None
+    title = _short(mask_url(titles.get(failed, f"step #{failed}")))
+    lines = output.get(failed, [])[-CAUSE_LINES:]
+    last = lines[-1] if lines else ""
+    code = _EXIT.search(error)
+    if timed_out:
+        reason = f"{title} did not finish" + (f": {last}" if last else "")
+    elif code and last:
+        reason = f"{title} failed (exit code {code.group(1)}): {last}"
+    else:
+        reason = f"{title}: {mask_url(error)}"
+    return Cause(reason=reason, lines=lines)
+
+
 def subprocess_runner(argv: Sequence[str], log: Path, timeout: float) -> int:
     """Run ``argv`` with stdout and stderr streamed into ``log``; kill its group on timeout."""
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -397,6 +470,14 @@ class Baker:
             item.reason = (
                 f"timed out after {self.timeout:.0f}s" if rc == TIMED_OUT else error_line(item.tail)
             )
+            try:
+                text = log.read_text(encoding="utf-8", errors="replace")
+            except FileNotFoundError:
+                text = ""
+            cause = failure_cause(text, timed_out=rc == TIMED_OUT)
+            if cause is not None:
+                item.cause = cause.lines
+                item.reason = f"{item.reason}: {cause.reason}" if rc == TIMED_OUT else cause.reason
             return
         # The call failed as a whole: build its targets one at a time, parents first.
         for name in sorted(todo, key=lambda n: (self.outcomes[n].level, n)):
