@@ -72,6 +72,13 @@ options:
     description: sha256 of that archive.
     type: str
     default: ""
+  source_timeout:
+    description: Seconds a git remote or a package index may stay silent before the plan
+      names it and skips what needs it (the inventory's C(source_timeout)). C(git ls-remote)
+      must answer within it, a fetch may take ten times it; pip gets C(--timeout) and
+      C(--retries) within it.
+    type: float
+    default: 60
   network:
     description: Network mode for builds (C(host) lets builds reach loopback git servers).
     type: str
@@ -142,13 +149,16 @@ stale:
   type: list
   elements: str
 skipped_nodes:
-  description: Nodes that cannot be planned here (an unreachable source or index), with why.
+  description: Nodes that cannot be planned here, with why. C(kind_of_skip) is C(failure)
+    (an unreachable source or index; the run fails at its end, naming the node) or
+    C(intent) (left out on purpose; a note).
   returned: always
   type: list
   elements: dict
   sample:
     - node: base-common
       reason: "comfyui.repo: cannot fetch https://github.com/comfyanonymous/ComfyUI (...)"
+      kind_of_skip: failure
 bake_file:
   description: Path of the bake file (empty in check mode).
   returned: always
@@ -226,6 +236,7 @@ def main() -> None:
             "filebrowser_url": {"type": "str", "default": ""},
             "filebrowser_sha256": {"type": "str", "default": ""},
             "network": {"type": "str", "default": ""},
+            "source_timeout": {"type": "float", "default": 60.0},
             "date_tag": {"type": "str", "default": ""},
             "source": {"type": "str", "default": ""},
             "revision": {"type": "str", "default": ""},
@@ -238,6 +249,12 @@ def main() -> None:
         supports_check_mode=True,
     )
     p = module.params
+    if p["source_timeout"] <= 0:
+        module.fail_json(
+            msg=f"source_timeout: {p['source_timeout']:g} is not a positive number of seconds. "
+            "Fix: set source_timeout in the inventory to the seconds a source may stay silent "
+            "(60 by default)"
+        )
     build_dir = Path(p["build_dir"])
     scratch = Path(tempfile.mkdtemp(prefix="aiclipse-plan-")) if module.check_mode else None
     registries: dict[str, Registry] = {}
@@ -271,7 +288,10 @@ def main() -> None:
             network=p["network"],
             date_tag=p["date_tag"],
             caps=caps,
-            resolve_options=ResolveOptions(cert=p["ca_bundle"]),
+            resolve_options=ResolveOptions(
+                cert=p["ca_bundle"], network_timeout_s=p["source_timeout"]
+            ),
+            source_timeout=p["source_timeout"],
         )
         previous = load_previous(build_dir / "plan.json")
         plan = make_plan(config, templates, settings, lookup, p["gpu"], previous)

@@ -112,6 +112,7 @@ class Settings:
     date_tag: str = ""
     caps: BuilderCaps = field(default_factory=BuilderCaps)
     resolve_options: ResolveOptions = field(default_factory=ResolveOptions)
+    source_timeout: float = 60.0  # seconds a git remote may stay silent (source_timeout)
 
 
 @dataclass
@@ -131,6 +132,9 @@ class Node:
     status: str = ""
     reason: str = ""
     digest: str = ""
+    # a skipped node: "failure" (an input could not be had: the run fails, naming it) or
+    # "intent" (left out on purpose: a note)
+    kind_of_skip: str = ""
 
     @property
     def hash_tag(self) -> str:
@@ -577,7 +581,14 @@ def make_plan(
         else:
             node.status = "stale"
             node.reason = _reason(node, previous, by_name)
-    skipped = [{"node": n.name, "reason": n.reason} for n in nodes if n.status == "skipped"]
+    for node in nodes:  # every skip above is for an input the plan could not have
+        if node.status == "skipped" and not node.kind_of_skip:
+            node.kind_of_skip = "failure"
+    skipped = [
+        {"node": n.name, "reason": n.reason, "kind_of_skip": n.kind_of_skip}
+        for n in nodes
+        if n.status == "skipped"
+    ]
     plan = Plan(nodes=nodes, bake={}, skipped=skipped)
     plan.bake = bake_file(plan, settings)
     return plan
@@ -591,6 +602,7 @@ def _comfy_specs(config: Config, settings: Settings) -> list[str]:
         require_commit(config.comfyui.ref, "comfyui.ref"),
         "requirements.txt",
         "comfyui.repo",
+        settings.source_timeout,
     )
     manager = read_file(
         cache,
@@ -598,6 +610,7 @@ def _comfy_specs(config: Config, settings: Settings) -> list[str]:
         require_commit(config.manager.ref, "manager.ref"),
         "requirements.txt",
         "manager.repo",
+        settings.source_timeout,
     )
     specs: list[str] = []
     for spec in requirement_lines(comfy) + requirement_lines(manager):

@@ -288,6 +288,7 @@ def test_unreachable_comfyui_repo_skips_everything_and_says_why(world, tmp_path)
     assert status["tiny-cpu"] == ("skipped", "base-cpu skipped")
     assert p.bake["target"] == {}
     assert {item["node"] for item in p.skipped} == set(status)
+    assert {item["kind_of_skip"] for item in p.skipped} == {"failure"}  # the run fails on it
 
 
 def test_a_target_that_cannot_resolve_is_skipped_the_others_planned(world, tmp_path):
