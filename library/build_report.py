@@ -71,6 +71,12 @@ options:
       is reported failed, naming its builder. Omitted, no such check.
     type: list
     elements: str
+  intent_fails:
+    description: Images the plan left out on purpose (C(kind_of_skip) C(intent)) fail the
+      run too (nightly.yml); otherwise they are notes. Images skipped for a failure (an
+      unreachable source or index, a parent that failed) always fail it.
+    type: bool
+    default: false
 author:
   - aiclipse-comfy
 """
@@ -104,7 +110,18 @@ summary:
   type: dict
   sample: {"built": ["tiny-cpu"], "cached": [], "failed": [], "bytes_pushed": 1024, "ok": true}
 failures:
-  description: One line per failed image, naming why.
+  description: One line per image that fails the run (failed, or skipped for a failure),
+    naming why; a failed build's cause follows as indented C(<image>| <line>) entries (the
+    last lines of its failing step).
+  returned: always
+  type: list
+  elements: str
+  sample:
+    - "tiny-cpu: [tiny-cpu 3/5] RUN python install_nodes.py ... failed (exit code 1): ..."
+    - "  tiny-cpu| install_nodes: ComfyUI-Foo: pip install -r requirements.txt failed"
+    - "base-common: skipped: comfyui.repo: cannot fetch https://github.com/... (...)"
+notes:
+  description: Images left out on purpose (not failures), with why.
   returned: always
   type: list
   elements: str
@@ -124,6 +141,8 @@ from ansible.module_utils.registry import Credentials, RegistryError, Writer, pa
 from ansible.module_utils.report import (
     attribute_layers,
     document,
+    failures,
+    notes,
     registry_layers,
     rows,
     svg,
@@ -170,6 +189,7 @@ def main() -> None:
             "insecure": {"type": "list", "elements": "str", "default": []},
             "builder_of": {"type": "dict", "default": {}},
             "reported": {"type": "list", "elements": "str"},
+            "intent_fails": {"type": "bool", "default": False},
         },
         supports_check_mode=True,
     )
@@ -216,9 +236,8 @@ def main() -> None:
         path="" if module.check_mode else str(folder),
         table=table(report),
         summary=doc["summary"],
-        failures=[
-            f"{r.node}: {r.why}" for r in report if r.status == "failed" and r.kind != "os-base"
-        ],
+        failures=failures(report, p["intent_fails"]),
+        notes=notes(report, p["intent_fails"]),
         warnings_layers=missing,
     )
 

@@ -87,9 +87,11 @@ EXAMPLES = r"""
 RETURN = r"""
 outcomes:
   description: Node name -> outcome (target, status, reason, image_id, digest, tags, log,
-    tail, seconds, level, parent). Status is one of built, failed, skipped (an ancestor
-    failed, or the plan skipped it), cached (its hash tag is in the registry), planned
-    (check mode).
+    tail, cause, seconds, level, parent). Status is one of built, failed, skipped (an
+    ancestor failed, or the plan skipped it), cached (its hash tag is in the registry),
+    planned (check mode). A failed target's C(reason) names the failing step, its exit code
+    and its last output line; C(cause) holds that step's last output lines (timestamps
+    dropped), C(tail) the raw end of its log.
   returned: always
   type: dict
   sample:

@@ -92,7 +92,8 @@ def _remote(
 
 
 def _why(done: subprocess.CompletedProcess[str], default: str) -> str:
-    return mask_url(done.stderr.strip() or default)
+    """git's complaint on one line (a reason is one line in tables and reports)."""
+    return mask_url(" ".join(done.stderr.split()) or default)
 
 
 def require_commit(ref: str, where: str) -> str:

@@ -53,6 +53,10 @@ class Row:
     bytes_pushed: int = 0
     builder: str = ""  # the builder the plan placed it on
     layers: list[Layer] = field(default_factory=list)
+    # skipped: "failure" (an input could not be had, a parent failed: the run fails) or
+    # "intent" (left out on purpose: a note)
+    kind_of_skip: str = ""
+    cause: list[str] = field(default_factory=list)  # a failed build: its step's last lines
 
     @property
     def size(self) -> int:
@@ -103,6 +107,7 @@ def rows(
             ref=node.get("ref", ""),
             digest=node.get("digest", ""),
             builder=builder_of.get(name, ""),
+            kind_of_skip=node.get("kind_of_skip", ""),
         )
         built = build.get(name)
         if built:
@@ -110,6 +115,10 @@ def rows(
             row.why = built.get("reason", "") or row.why
             row.build_seconds = float(built.get("seconds") or 0.0)
             row.digest = built.get("digest", "") or row.digest
+            row.cause = list(built.get("cause") or [])
+            row.kind_of_skip = built.get("kind_of_skip", "") or row.kind_of_skip
+        if row.status == "skipped" and not row.kind_of_skip:
+            row.kind_of_skip = "failure"  # a parent failed or was skipped: not on purpose
         if row.status == "stale":  # planned but the build step never ran (aiclipse_build=false)
             row.status = "planned"
         checked = verify.get(name)
@@ -216,6 +225,33 @@ def images(rows_: Iterable[Row]) -> list[Row]:
     return [row for row in rows_ if row.kind != "os-base"]
 
 
+def failed_skip(row: Row, intent_fails: bool = False) -> bool:
+    """A skipped image the run fails on: skipped for a failure (or on purpose, when asked)."""
+    return row.status == "skipped" and (row.kind_of_skip != "intent" or intent_fails)
+
+
+def failures(rows_: Sequence[Row], intent_fails: bool = False) -> list[str]:
+    """What fails the run, one entry per image with why; a failed build's cause follows in
+    indented ``<image>| <line>`` entries (the last lines of its failing step)."""
+    out = []
+    for row in images(rows_):
+        if row.status == "failed":
+            out.append(f"{row.node}: {row.why}")
+            out += [f"  {row.node}| {line}" for line in row.cause]
+        elif failed_skip(row, intent_fails):
+            out.append(f"{row.node}: skipped: {row.why}")
+    return out
+
+
+def notes(rows_: Sequence[Row], intent_fails: bool = False) -> list[str]:
+    """Images left out on purpose (a note, not a failure)."""
+    return [
+        f"{row.node}: skipped on purpose: {row.why}"
+        for row in images(rows_)
+        if row.status == "skipped" and not failed_skip(row, intent_fails)
+    ]
+
+
 def summary(rows_: Sequence[Row]) -> dict[str, Any]:
     mine = images(rows_)
     unique: dict[str, int] = {}
@@ -230,7 +266,7 @@ def summary(rows_: Sequence[Row]) -> dict[str, Any]:
         # what pulling every image would move without sharing vs what the registry stores
         "images_bytes": sum(r.size for r in mine),
         "unique_bytes": sum(unique.values()),
-        "ok": not any(r.status == "failed" for r in mine),
+        "ok": not any(r.status == "failed" or failed_skip(r) for r in mine),
     }
 
 

@@ -85,14 +85,22 @@ def test_plan_writes_a_bake_file_buildx_accepts(stack, sources, tmp_path):
     assert recap(again.stdout)["localhost"]["changed"] == 0  # same plan, nothing rewritten
 
 
-def test_an_unreachable_source_skips_its_nodes_and_the_plan_says_why(stack, sources, tmp_path):
-    """ComfyUI's repository does not answer: every node is skipped, with why, and the plan
-    task itself ran (a `skipped` key in its result would make Ansible call it skipped)."""
+def test_an_unreachable_source_skips_its_nodes_and_the_run_fails_naming_why(
+    stack, sources, tmp_path
+):
+    """ComfyUI's repository does not answer: every node is skipped, with why; the plan task
+    itself ran (a `skipped` key in its result would make Ansible call it skipped), and the
+    run exits non-zero at its end naming each skipped image and its reason."""
     extra = plan_vars(stack, sources, tmp_path)
     extra["comfyui"] = {"repo": "git://127.0.0.1:9/ComfyUI", "ref": sources["comfyui"]["ref"]}
     run = playbook("build.yml", extra)
-    assert run.returncode == 0, run.stdout[-5000:]
+    assert run.returncode != 0, run.stdout[-5000:]
     plan_task = run.stdout.split("TASK [Plan tiny]")[1].split("TASK [")[0]
     assert "changed: [localhost]" in plan_task, plan_task
     said = run.stdout.split("TASK [Say which nodes are skipped and why]")[1].split("TASK [")[0]
     assert "base-common: comfyui.repo" in said and "tiny-cpu: base-cpu skipped" in said, said
+    end = run.stdout[run.stdout.rfind("TASK [Fail when an image failed") :]
+    assert "base-common: skipped: comfyui.repo: cannot fetch git://127.0.0.1:9/ComfyUI" in end, end
+    assert "tiny-cpu: skipped: base-cpu skipped" in end, end
+    assert "point comfyui.repo at a reachable mirror" in end, end
+    assert recap(run.stdout)["localhost"]["failed"] == 1, run.stdout[-3000:]

@@ -9,7 +9,9 @@ from ansible.module_utils.report import (
     Layer,
     attribute_layers,
     document,
+    failures,
     layers_of,
+    notes,
     rows,
     summary,
     svg,
@@ -255,3 +257,53 @@ def test_unique_bytes_never_exceed_the_sum_of_images(spec):
         named[node].layers.append(Layer(f"sha256:{digest:064x}", size))
     totals = summary(report)
     assert totals["unique_bytes"] <= totals["images_bytes"]
+
+
+def test_a_skip_for_a_failure_fails_the_run_one_on_purpose_is_a_note():
+    nodes = plan_nodes()
+    nodes[-1]["kind_of_skip"] = "failure"  # comfyui.repo unreachable
+    nodes.append(dict(nodes[-1], name="sd-rtx", reason="not built for rtx", kind_of_skip="intent"))
+    build, verify, push = results()
+    build["big-cpu"] = {
+        "status": "failed",
+        "reason": "[big-cpu 3/5] RUN python install_nodes.py failed (exit code 1): "
+        "install_nodes: ComfyUI-Foo: pip install failed",
+        "cause": [
+            "ERROR: No matching distribution found for x==9",
+            "install_nodes: ComfyUI-Foo: pip install failed",
+        ],
+    }
+    report = rows(nodes, build, verify, push)
+    said = failures(report)
+    assert said == [
+        "big-cpu: verification failed: 1 failed, 20 passed (/b/big.xml)",
+        "  big-cpu| ERROR: No matching distribution found for x==9",
+        "  big-cpu| install_nodes: ComfyUI-Foo: pip install failed",
+        "sd-h100: skipped: comfyui.repo unreachable",
+    ]
+    assert notes(report) == ["sd-rtx: skipped on purpose: not built for rtx"]
+    assert summary(report)["ok"] is False
+    # the nightly: a skip on purpose fails too
+    assert failures(report, intent_fails=True)[-1] == "sd-rtx: skipped: not built for rtx"
+    assert notes(report, intent_fails=True) == []
+    entry = {e["node"]: e for e in document(report, {})["images"]}
+    assert entry["big-cpu"]["cause"][-1] == "install_nodes: ComfyUI-Foo: pip install failed"
+    assert entry["sd-h100"]["kind_of_skip"] == "failure"
+
+
+def test_a_child_the_build_skipped_for_its_failed_parent_fails_the_run():
+    build, verify, _ = results()
+    build["base-cpu"] = {"status": "failed", "reason": "exit code 1", "cause": []}
+    build["tiny-cpu"] = {"status": "skipped", "reason": "parent base-cpu failed"}
+    del verify["tiny-cpu"], verify["big-cpu"]
+    report = by_name(rows(plan_nodes()[:4], build, verify, {}))
+    assert report["tiny-cpu"].kind_of_skip == "failure"
+    assert failures(list(report.values())) == [
+        "base-cpu: exit code 1",
+        "tiny-cpu: skipped: parent base-cpu failed",
+    ]
+
+
+def test_only_images_on_purpose_left_out_keep_the_run_ok():
+    nodes = [*plan_nodes()[:2], dict(plan_nodes()[-1], kind_of_skip="intent")]
+    assert summary(rows(nodes, {}, {}, {}))["ok"] is True
