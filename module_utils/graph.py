@@ -383,8 +383,9 @@ def render_base_gpu(
     target: GpuTarget,
     layers: list[Layer],
     settings: Settings,
+    overrides: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    _reset(context, keep=("Dockerfile", "layers", "wheels", "constraints.txt"))
+    _reset(context, keep=("Dockerfile", "layers", "wheels", "constraints.txt", "overrides.json"))
     files = {}
     for index, layer in enumerate(layers, start=1):
         if layer.dists:  # a layer whose distributions all came earlier is empty: no stage
@@ -395,6 +396,11 @@ def render_base_gpu(
         if stale.name not in files:
             stale.unlink()
     _write(context / "constraints.txt", constraints_text(layers))
+    # package_layers_exclude/_replace, for the nodes' requirements too (install_nodes.py)
+    _write(
+        context / "overrides.json",
+        json.dumps(overrides or {"exclude": [], "replace": {}}, indent=1, sort_keys=True) + "\n",
+    )
     # Each layer's stage mounts only its own requirements file and wheels: BuildKit keys a
     # RUN on the content of what it mounts, so a change to one layer re-runs only its stage.
     info, kept = [], set()
@@ -548,7 +554,13 @@ def make_plan(
         else:
             try:
                 layers = target_layers(config, target, settings, comfy_specs)
-                base.layers = render_base_gpu(env, build / base.name, target, layers, settings)
+                overrides = {
+                    "exclude": sorted(config.package_layers_exclude),
+                    "replace": dict(sorted(config.replace_map.items())),
+                }
+                base.layers = render_base_gpu(
+                    env, build / base.name, target, layers, settings, overrides
+                )
             except ResolveError as err:
                 base.status, base.reason = "skipped", f"package layers: {err}"
         for template in wanted[target_name]:

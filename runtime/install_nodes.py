@@ -25,12 +25,13 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 try:
@@ -42,6 +43,8 @@ except ImportError:  # run from the repository: the parser lives in module_utils
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 PROTECTED = ("torch", "torchvision", "torchaudio")
 DEFAULT_CONSTRAINTS = "/opt/aiclipse/constraints.txt"
+DEFAULT_OVERRIDES = "/opt/aiclipse/package-overrides.json"
+_REQ_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*")
 MARKER_DIR = "aiclipse-nodes"  # under sys.prefix of the Python that gets the requirements
 
 
@@ -143,6 +146,7 @@ class Pip:
     python: str
     constraints: str | None
     env: Mapping[str, str]
+    overrides: Mapping[str, object] = field(default_factory=dict)
 
     def run(self, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
         env = dict(self.env)
@@ -225,6 +229,48 @@ def install_requirements(pip: Pip, requirements: Path, name: str) -> str:
     )
 
 
+def load_overrides(path: str | None) -> dict[str, object]:
+    """``package_layers_exclude``/``_replace`` as base-<gpu> wrote them (none when absent)."""
+    if not path or not Path(path).is_file():
+        return {"exclude": [], "replace": {}}
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    return {
+        "exclude": [canonical(n) for n in data.get("exclude", [])],
+        "replace": {canonical(k): v for k, v in data.get("replace", {}).items()},
+    }
+
+
+def overridden_requirements(
+    requirements: Path, overrides: Mapping[str, object], dest: Path
+) -> tuple[Path, list[str]]:
+    """The node's requirements with the image's exclusions and replacements applied.
+
+    An excluded distribution (``opencv-python`` where ``opencv-python-headless`` owns
+    ``cv2/``) is left out and a replaced one renamed, as in every package layer, so a node
+    cannot bring a second owner of the same files. Returns the file to install and notes.
+    """
+    exclude = set(overrides.get("exclude", []))  # type: ignore[arg-type]
+    replace: Mapping[str, str] = overrides.get("replace", {})  # type: ignore[assignment]
+    if not exclude and not replace:
+        return requirements, []
+    lines, notes = [], []
+    for raw in requirements.read_text(encoding="utf-8").splitlines():
+        line = raw.split(" #", 1)[0].strip()
+        match = _REQ_NAME_RE.match(line) if line and not line.startswith(("#", "-")) else None
+        if match:
+            name = canonical(match.group(0))
+            if name in exclude:
+                notes.append(f"{match.group(0)} left out (package_layers_exclude)")
+                continue
+            if name in replace:
+                notes.append(f"{match.group(0)} -> {replace[name]} (package_layers_replace)")
+                line = replace[name] + line[match.end() :]
+        lines.append(line if match else raw)
+    out = dest / "requirements.txt"
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return out, notes
+
+
 def requirements_digest(path: Path) -> str:
     if not path.exists():
         return "none"
@@ -296,7 +342,11 @@ def install_node(
             checkout(dest, node.url, commit)
             work = dest
         req = work / "requirements.txt"
-        note = install_requirements(pip, req, node.name) if req.exists() else "no requirements"
+        note = "no requirements"
+        if req.exists():
+            with tempfile.TemporaryDirectory(prefix="aiclipse-req-") as tmp:
+                effective, changes = overridden_requirements(req, pip.overrides, Path(tmp))
+                note = "; ".join([*changes, install_requirements(pip, effective, node.name)])
         if staging is not None:
             chown_tree(staging, owner)
             os.replace(staging, dest)
@@ -339,6 +389,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="pip constraints file (default: $PIP_CONSTRAINT, else %(default)s)",
     )
     parser.add_argument("--owner", help="UID:GID to own installed nodes (when run as root)")
+    parser.add_argument(
+        "--overrides",
+        default=DEFAULT_OVERRIDES,
+        help="the image's package_layers_exclude/_replace as JSON (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     try:
         nodes = pinned_nodes(args.manifest)
@@ -346,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(str(err))
         return EXIT_USAGE
     constraints = args.constraints if Path(args.constraints).is_file() else None
-    pip = Pip(args.python, constraints, dict(os.environ))
+    pip = Pip(args.python, constraints, dict(os.environ), load_overrides(args.overrides))
     custom_nodes = Path(args.custom_nodes)
     custom_nodes.mkdir(parents=True, exist_ok=True)
     markers = pip.prefix() / MARKER_DIR
