@@ -9,6 +9,12 @@ Arch-specific code (``sm_90a``) runs only on exactly that arch.
 ``validate_target`` refuses a target before anything is built: a GPU its wheels do not
 serve (the RTX 5090 on CUDA 12.4), a torch/CUDA pair no row lists, a
 ``TORCH_CUDA_ARCH_LIST`` without code for the GPU.
+
+Beside the rows, ``families`` lists the torchvision/torchaudio releases built for each torch
+(``torch_family`` fills a target's family from them). The inventory adds GPUs, rows and
+families with ``cuda_torch_matrix_extra`` (merged over the file: a row with the same CUDA and
+torch, or a family with the same torch, replaces the file's) and may point at another file
+with ``cuda_torch_matrix_file`` (``config_matrix``).
 """
 
 from __future__ import annotations
@@ -23,7 +29,12 @@ from ansible.module_utils.config import CPU, GpuTarget
 from packaging.version import InvalidVersion, Version
 
 MATRIX_VAR = "cuda_torch_matrix"
+EXTRA_VAR = "cuda_torch_matrix_extra"
+FILE_VAR = "cuda_torch_matrix_file"
+DEFAULT_MATRIX_FILE = Path("playbooks") / "vars" / "cuda_torch_matrix.yml"
+_MATRIX_KEYS = ("gpus", "rows", "families")
 _ROW_KEYS = ("cuda", "torch", "index", "arch_list", "ptx", "min_driver")
+_FAMILY_KEYS = ("torch", "torchvision", "torchaudio")
 _CAPABILITY_RE = re.compile(r"^(\d+)\.(\d)$")
 _DOTTED_RE = re.compile(r"^(\d+)\.(\d)([af]?)(\+PTX)?$")
 _TORCH_STYLE_RE = re.compile(r"^(sm|compute)_(\d+)(\d)([af]?)$")
@@ -80,12 +91,29 @@ class MatrixRow:
 
 
 @dataclass(frozen=True)
+class Family:
+    """The torchvision and torchaudio releases built for one torch (torchaudio None: none)."""
+
+    torch: str
+    torchvision: str
+    torchaudio: str | None
+
+
+@dataclass(frozen=True)
 class Matrix:
     gpus: tuple[tuple[str, str], ...]
     rows: tuple[MatrixRow, ...]
+    families: tuple[Family, ...] = ()
 
     def capability(self, gpu: str) -> str | None:
         return dict(self.gpus).get(gpu)
+
+    def family(self, torch: str) -> Family | None:
+        """The known family of ``torch`` (compared as versions: ``2.7`` is ``2.7.0``)."""
+        for family in self.families:
+            if Version(family.torch) == Version(torch):
+                return family
+        return None
 
     def rows_for(self, cuda: str) -> tuple[MatrixRow, ...]:
         return tuple(row for row in self.rows if row.cuda == cuda)
@@ -181,17 +209,12 @@ def _text(value: Any, where: str, example: str) -> str:
     return value
 
 
-def load_matrix(data: Mapping[str, Any], source: str = MATRIX_VAR) -> Matrix:
-    """Build a ``Matrix`` from the parsed YAML (the mapping under ``cuda_torch_matrix``)."""
-    if not isinstance(data, Mapping) or set(data) != {"gpus", "rows"}:
-        keys = sorted(data) if isinstance(data, Mapping) else type(data).__name__
-        raise MatrixError(source, f"has {keys}", "give exactly the keys gpus and rows")
-    gpus_data = data["gpus"]
-    if not isinstance(gpus_data, Mapping) or not gpus_data:
-        raise MatrixError(f"{source}.gpus", "must be a non-empty mapping", "e.g. rtx4090: '8.9'")
+def _load_gpus(gpus_data: Any, where_gpus: str) -> list[tuple[str, str]]:
+    if not isinstance(gpus_data, Mapping):
+        raise MatrixError(where_gpus, "must be a mapping", "e.g. rtx4090: '8.9'")
     gpus: list[tuple[str, str]] = []
     for name, capability in gpus_data.items():
-        where = f"{source}.gpus.{name}"
+        where = f"{where_gpus}.{name}"
         text = _text(capability, where, "8.9")
         try:
             parse_capability(text)
@@ -200,64 +223,213 @@ def load_matrix(data: Mapping[str, Any], source: str = MATRIX_VAR) -> Matrix:
         if not _CAPABILITY_RE.match(text):
             raise MatrixError(where, f"{text!r} is not X.Y", "write e.g. '12.0'")
         gpus.append((str(name), text))
-    rows_data = data["rows"]
-    if not isinstance(rows_data, list) or not rows_data:
-        raise MatrixError(f"{source}.rows", "must be a non-empty list", "add one row per pair")
+    return gpus
+
+
+def _load_row(item: Any, where: str) -> MatrixRow:
+    if not isinstance(item, Mapping) or set(item) != set(_ROW_KEYS):
+        keys = sorted(item) if isinstance(item, Mapping) else type(item).__name__
+        raise MatrixError(where, f"has {keys}", f"give exactly the keys {', '.join(_ROW_KEYS)}")
+    cuda = _text(item["cuda"], f"{where}.cuda", "12.8")
+    torch = _text(item["torch"], f"{where}.torch", "2.7.1")
+    try:
+        Version(torch)
+        if cuda != CPU:
+            Version(cuda)
+    except InvalidVersion as exc:
+        raise MatrixError(where, str(exc), "write versions like '12.8' and '2.7.1'") from exc
+    arch_list = _text(item["arch_list"], f"{where}.arch_list", "7.5;8.0;8.6;9.0")
+    ptx = item["ptx"]
+    min_driver = item["min_driver"]
+    if ptx is not None:
+        ptx = _text(ptx, f"{where}.ptx", "9.0")
+    if min_driver is not None:
+        min_driver = _text(min_driver, f"{where}.min_driver", "570.26")
+    try:
+        parse_arch_list(arch_list)
+        if ptx is not None:
+            parse_capability(ptx)
+    except ValueError as exc:
+        raise MatrixError(where, str(exc), "write arches as X.Y separated by ';'") from exc
+    if cuda == CPU and (arch_list or ptx or min_driver):
+        raise MatrixError(where, "a cpu row lists arches or a driver", "leave them empty/null")
+    if cuda != CPU and not arch_list:
+        raise MatrixError(where, "a CUDA row lists no arches", "copy get_arch_list() here")
+    index = _text(item["index"], f"{where}.index", "https://download.pytorch.org/whl/cu128")
+    return MatrixRow(cuda, torch, index, arch_list, ptx, min_driver)
+
+
+def _load_rows(rows_data: Any, where_rows: str) -> list[MatrixRow]:
+    if not isinstance(rows_data, list):
+        raise MatrixError(where_rows, "must be a list", "add one row per pair")
     rows: list[MatrixRow] = []
     seen: dict[tuple[str, Version], int] = {}
     for i, item in enumerate(rows_data):
-        where = f"{source}.rows[{i}]"
-        if not isinstance(item, Mapping) or set(item) != set(_ROW_KEYS):
-            keys = sorted(item) if isinstance(item, Mapping) else type(item).__name__
-            raise MatrixError(where, f"has {keys}", f"give exactly the keys {', '.join(_ROW_KEYS)}")
-        cuda = _text(item["cuda"], f"{where}.cuda", "12.8")
-        torch = _text(item["torch"], f"{where}.torch", "2.7.1")
-        try:
-            torch_version = Version(torch)
-            if cuda != CPU:
-                Version(cuda)
-        except InvalidVersion as exc:
-            raise MatrixError(where, str(exc), "write versions like '12.8' and '2.7.1'") from exc
-        arch_list = _text(item["arch_list"], f"{where}.arch_list", "7.5;8.0;8.6;9.0")
-        ptx = item["ptx"]
-        min_driver = item["min_driver"]
-        if ptx is not None:
-            ptx = _text(ptx, f"{where}.ptx", "9.0")
-        if min_driver is not None:
-            min_driver = _text(min_driver, f"{where}.min_driver", "570.26")
-        try:
-            parse_arch_list(arch_list)
-            if ptx is not None:
-                parse_capability(ptx)
-        except ValueError as exc:
-            raise MatrixError(where, str(exc), "write arches as X.Y separated by ';'") from exc
-        if cuda == CPU and (arch_list or ptx or min_driver):
-            raise MatrixError(where, "a cpu row lists arches or a driver", "leave them empty/null")
-        if cuda != CPU and not arch_list:
-            raise MatrixError(where, "a CUDA row lists no arches", "copy get_arch_list() here")
-        key = (cuda, torch_version)
+        where = f"{where_rows}[{i}]"
+        row = _load_row(item, where)
+        key = (row.cuda, Version(row.torch))
         if key in seen:
             raise MatrixError(
-                where, f"repeats rows[{seen[key]}] (CUDA {cuda}, torch {torch})", "keep one row"
+                where,
+                f"repeats rows[{seen[key]}] (CUDA {row.cuda}, torch {row.torch})",
+                "keep one row",
             )
         seen[key] = i
-        index = _text(item["index"], f"{where}.index", "https://download.pytorch.org/whl/cu128")
-        rows.append(MatrixRow(cuda, torch, index, arch_list, ptx, min_driver))
-    return Matrix(gpus=tuple(gpus), rows=tuple(rows))
+        rows.append(row)
+    return rows
 
 
-def load_matrix_file(path: str | Path) -> Matrix:
-    """Read the YAML file holding ``cuda_torch_matrix:`` and build the ``Matrix``."""
+def _version_text(value: Any, where: str, example: str) -> str:
+    text = _text(value, where, example)
+    try:
+        version = Version(text)
+    except InvalidVersion as exc:
+        raise MatrixError(where, f"{text!r} is not a version", f"write e.g. '{example}'") from exc
+    if version.local:
+        raise MatrixError(
+            where, f"{text!r} carries the local label +{version.local}", f"write '{version.public}'"
+        )
+    return text
+
+
+def _load_families(families_data: Any, where_families: str) -> list[Family]:
+    if not isinstance(families_data, list):
+        raise MatrixError(
+            where_families,
+            "must be a list",
+            "write - {torch: '2.11.0', torchvision: '0.26.0', torchaudio: '2.11.0'}",
+        )
+    families: list[Family] = []
+    seen: dict[Version, int] = {}
+    for i, item in enumerate(families_data):
+        where = f"{where_families}[{i}]"
+        if not isinstance(item, Mapping) or set(item) != set(_FAMILY_KEYS):
+            keys = sorted(item) if isinstance(item, Mapping) else type(item).__name__
+            raise MatrixError(
+                where,
+                f"has {keys}",
+                f"give exactly the keys {', '.join(_FAMILY_KEYS)} (torchaudio: null where "
+                "no torchaudio exists for that torch)",
+            )
+        torch = _version_text(item["torch"], f"{where}.torch", "2.11.0")
+        vision = _version_text(item["torchvision"], f"{where}.torchvision", "0.26.0")
+        audio = item["torchaudio"]
+        if audio is not None:
+            audio = _version_text(audio, f"{where}.torchaudio", "2.11.0")
+        key = Version(torch)
+        if key in seen:
+            raise MatrixError(
+                where, f"repeats families[{seen[key]}] (torch {torch})", "keep one pair per torch"
+            )
+        seen[key] = i
+        families.append(Family(torch, vision, audio))
+    return families
+
+
+def _check_sections(data: Any, source: str, required: tuple[str, ...]) -> Mapping[str, Any]:
+    if not isinstance(data, Mapping) or not set(data) <= set(_MATRIX_KEYS):
+        keys = sorted(data) if isinstance(data, Mapping) else type(data).__name__
+        raise MatrixError(
+            source,
+            f"has {keys}",
+            f"give only the keys {', '.join(_MATRIX_KEYS)} (families optional)",
+        )
+    for key in required:
+        if key not in data:
+            raise MatrixError(
+                source,
+                f"has {sorted(data)}, no {key}",
+                f"give the keys gpus and rows (families optional); add {key}:",
+            )
+    return data
+
+
+def _given(data: Mapping[str, Any], key: str, empty: Any) -> Any:
+    """``data[key]``, or ``empty`` where it is absent or null (a wrong type is still refused)."""
+    value = data.get(key)
+    return empty if value is None else value
+
+
+def merge_matrix(base: Matrix, extra: Any, source: str = EXTRA_VAR) -> Matrix:
+    """``base`` with ``extra`` (``{gpus:, rows:, families:}``, each optional) merged over it.
+
+    A GPU of the same name, a row with the same CUDA and torch, a family with the same torch
+    replace the base's; the others are added. Errors name ``<source>.rows[i].<key>``.
+    """
+    if extra is None:
+        return base
+    data = _check_sections(extra, source, ())
+    gpus = dict(base.gpus)
+    gpus.update(_load_gpus(_given(data, "gpus", {}), f"{source}.gpus"))
+    rows = list(base.rows)
+    for row in _load_rows(_given(data, "rows", []), f"{source}.rows"):
+        key = (row.cuda, Version(row.torch))
+        same = [i for i, old in enumerate(rows) if (old.cuda, Version(old.torch)) == key]
+        if same:
+            rows[same[0]] = row
+        else:
+            rows.append(row)
+    families = list(base.families)
+    for family in _load_families(_given(data, "families", []), f"{source}.families"):
+        same = [i for i, old in enumerate(families) if Version(old.torch) == Version(family.torch)]
+        if same:
+            families[same[0]] = family
+        else:
+            families.append(family)
+    return Matrix(gpus=tuple(gpus.items()), rows=tuple(rows), families=tuple(families))
+
+
+def load_matrix(data: Mapping[str, Any], source: str = MATRIX_VAR, extra: Any = None) -> Matrix:
+    """Build a ``Matrix`` from the parsed YAML (the mapping under ``cuda_torch_matrix``), with
+    the inventory's ``cuda_torch_matrix_extra`` merged over it when given."""
+    _check_sections(data, source, ("gpus", "rows"))
+    gpus = _load_gpus(data["gpus"], f"{source}.gpus")
+    if not gpus:
+        raise MatrixError(f"{source}.gpus", "must be a non-empty mapping", "e.g. rtx4090: '8.9'")
+    rows = _load_rows(data["rows"], f"{source}.rows")
+    if not rows:
+        raise MatrixError(f"{source}.rows", "must be a non-empty list", "add one row per pair")
+    families = _load_families(_given(data, "families", []), f"{source}.families")
+    matrix = Matrix(gpus=tuple(gpus), rows=tuple(rows), families=tuple(families))
+    return merge_matrix(matrix, extra)
+
+
+def load_matrix_file(path: str | Path, extra: Any = None) -> Matrix:
+    """Read the YAML file holding ``cuda_torch_matrix:`` and build the ``Matrix`` (with the
+    inventory's ``cuda_torch_matrix_extra`` merged over it when given)."""
     import yaml  # Ansible's own dependency; imported here so pure users need not have it
 
     file = Path(path)
-    with file.open(encoding="utf-8") as handle:
-        document = yaml.safe_load(handle)
+    try:
+        with file.open(encoding="utf-8") as handle:
+            document = yaml.safe_load(handle)
+    except OSError as exc:
+        raise MatrixError(
+            str(file), f"cannot be read ({exc.strerror})", f"check {FILE_VAR} or the file"
+        ) from exc
     if not isinstance(document, Mapping) or MATRIX_VAR not in document:
         raise MatrixError(
             str(file), f"has no top-level {MATRIX_VAR}", f"start it with {MATRIX_VAR}:"
         )
-    return load_matrix(document[MATRIX_VAR], f"{file}:{MATRIX_VAR}")
+    return load_matrix(document[MATRIX_VAR], f"{file}:{MATRIX_VAR}", extra)
+
+
+def matrix_path(repo_root: str | Path, override: str | None = None) -> Path:
+    """The matrix file: ``cuda_torch_matrix_file`` (relative to the repo root unless
+    absolute), else ``playbooks/vars/cuda_torch_matrix.yml`` of the repo."""
+    root = Path(repo_root)
+    if override:
+        path = Path(override)
+        return path if path.is_absolute() else root / path
+    return root / DEFAULT_MATRIX_FILE
+
+
+def config_matrix(config: Any, repo_root: str | Path) -> Matrix:
+    """The matrix a configuration plans with: its file and its ``cuda_torch_matrix_extra``."""
+    return load_matrix_file(
+        matrix_path(repo_root, getattr(config, "cuda_torch_matrix_file", None)),
+        getattr(config, "cuda_torch_matrix_extra", None),
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -12,12 +13,15 @@ from ansible.module_utils.config import GpuTarget
 from ansible.module_utils.gpu_matrix import (
     MATRIX_VAR,
     Arch,
+    Family,
     IncompatibleTarget,
     Matrix,
     MatrixError,
     arch_serves,
+    config_matrix,
     load_matrix,
     load_matrix_file,
+    matrix_path,
     minimum_for,
     parse_arch_list,
     parse_capability,
@@ -142,7 +146,14 @@ def test_matrix_rows_follow_the_known_facts(matrix: Matrix) -> None:
         if row.cuda == "cpu":
             assert row.arch_list == "" and row.min_driver is None
             continue
-        assert row.index == f"https://download.pytorch.org/whl/{row.tag}"
+        # download.pytorch.org, PyPI's default build (13.0 + 2.11.0) or a local wheelhouse
+        assert row.index in (
+            f"https://download.pytorch.org/whl/{row.tag}",
+            "https://pypi.org/simple",
+            "local",
+        ), row
+        if row.index == "https://pypi.org/simple":
+            assert (row.cuda, row.torch) == ("13.0", "2.11.0"), row
         blackwell = serves(row.served_arches, "12.0")
         # cu118..cu126 stop at sm_90 with no PTX; cu128 and newer hold 12.0.
         assert blackwell is (row.tag in ("cu128", "cu129", "cu130", "cu132")), row
@@ -152,6 +163,14 @@ def test_matrix_rows_follow_the_known_facts(matrix: Matrix) -> None:
     assert row is not None and serves(row.arch_list, "12.0")
     assert parse_arch_list(row.arch_list) == parse_arch_list(TORCH_215_ARCHES)
     assert matrix.row("cpu", "2.15.0") is not None
+    assert matrix.row("cpu", "2.11.0") is not None
+    for torch in ("2.9.0", "2.9.1", "2.10.0", "2.11.0"):
+        row = matrix.row("12.8", torch)
+        assert row is not None and row.index.endswith("/cu128"), torch
+    # driver floors: the toolkit's own for 12.8 (also the Blackwell floor) and 13.0
+    assert {r.min_driver for r in matrix.rows_for("12.8")} == {"570.26"}
+    assert {r.min_driver for r in matrix.rows_for("13.0")} == {"580.65.06"}
+    assert matrix.row("13.0", "2.14.1").index == "local"
     assert {r.tag for r in matrix.rows} >= {"cu118", "cu121", "cu124", "cu126", "cu128", "cpu"}
 
 
@@ -176,7 +195,28 @@ def test_minimum_moves_when_the_data_moves() -> None:
 @pytest.mark.parametrize(
     ("mutate", "where", "fix"),
     [
-        (lambda d: d.pop("gpus"), "cuda_torch_matrix", "exactly the keys gpus and rows"),
+        (lambda d: d.pop("gpus"), "cuda_torch_matrix", "give the keys gpus and rows"),
+        (lambda d: d.update(extra=[]), "cuda_torch_matrix", "only the keys gpus, rows, families"),
+        (
+            lambda d: d["families"][0].pop("torchaudio"),
+            "cuda_torch_matrix.families[0]",
+            "torchaudio: null",
+        ),
+        (
+            lambda d: d["families"][0].update(torchvision=0.16),
+            "cuda_torch_matrix.families[0].torchvision",
+            "'0.26.0'",
+        ),
+        (
+            lambda d: d["families"][0].update(torchvision="0.16.2+cpu"),
+            "cuda_torch_matrix.families[0].torchvision",
+            "'0.16.2'",
+        ),
+        (
+            lambda d: d["families"].append(dict(d["families"][0])),
+            "cuda_torch_matrix.families[",
+            "one pair per torch",
+        ),
         (lambda d: d["gpus"].update(x=8.9), "cuda_torch_matrix.gpus.x", "'8.9'"),
         (lambda d: d["gpus"].update(x="89"), "cuda_torch_matrix.gpus.x", "X.Y"),
         (lambda d: d.update(rows=[]), "cuda_torch_matrix.rows", "one row per pair"),
@@ -337,6 +377,137 @@ def test_cpu_target(matrix: Matrix) -> None:
     assert target_capability(cpu, matrix) is None
     validate_target(cpu, matrix)
     with pytest.raises(
-        IncompatibleTarget, match=r"rows for CUDA cpu have torch 2\.13\.0, 2\.15\.0"
+        IncompatibleTarget, match=r"rows for CUDA cpu have torch 2\.11\.0, 2\.13\.0, 2\.15\.0"
     ):
         validate_target(target("cpu", cuda="cpu", torch="2.7.1", torch_cuda_arch_list=""), matrix)
+
+
+# --- the families data and the inventory's extras --------------------------------------------
+
+FAMILY_PAIRS = {
+    "2.1.2": ("0.16.2", "2.1.2"),
+    "2.3.1": ("0.18.1", "2.3.1"),
+    "2.4.1": ("0.19.1", "2.4.1"),
+    "2.5.1": ("0.20.1", "2.5.1"),
+    "2.6.0": ("0.21.0", "2.6.0"),
+    "2.7.0": ("0.22.0", "2.7.0"),
+    "2.7.1": ("0.22.1", "2.7.1"),
+    "2.8.0": ("0.23.0", "2.8.0"),
+    "2.9.0": ("0.24.0", "2.9.0"),
+    "2.9.1": ("0.24.1", "2.9.1"),
+    "2.10.0": ("0.25.0", "2.10.0"),
+    "2.11.0": ("0.26.0", "2.11.0"),
+    "2.12.0": ("0.27.0", None),  # no torchaudio exists past 2.11
+    "2.13.0": ("0.28.0", None),
+    "2.14.1": ("0.29.1", None),
+}
+
+
+def test_families_are_the_real_pairs(matrix: Matrix) -> None:
+    got = {f.torch: (f.torchvision, f.torchaudio) for f in matrix.families}
+    assert got == FAMILY_PAIRS
+    assert matrix.family("2.11") == Family("2.11.0", "0.26.0", "2.11.0")  # compared as versions
+    assert matrix.family("2.15.0") is None
+
+
+def test_families_are_optional_in_a_matrix() -> None:
+    data = raw_matrix()
+    del data["families"]
+    assert load_matrix(data).families == ()
+
+
+def test_extra_merges_rows_gpus_and_families_over_the_file(matrix: Matrix) -> None:
+    extra = {
+        "gpus": {"rtx6000": "12.0", "h100": "9.0"},
+        "rows": [
+            {  # same CUDA + torch as a file row: replaces it
+                "cuda": "13.0",
+                "torch": "2.11.0",
+                "index": "https://mirror.example/cu130",
+                "arch_list": "8.9;12.0",
+                "ptx": None,
+                "min_driver": "580.82.07",
+            },
+            {
+                "cuda": "13.2",
+                "torch": "2.16.0",
+                "index": "local",
+                "arch_list": "12.0",
+                "ptx": None,
+                "min_driver": "595.0",
+            },
+        ],
+        "families": [
+            {"torch": "2.16.0", "torchvision": "0.31.0", "torchaudio": None},
+            {"torch": "2.13.0", "torchvision": "0.28.1", "torchaudio": None},
+        ],
+    }
+    merged = load_matrix(raw_matrix(), extra=extra)
+    assert merged.capability("rtx6000") == "12.0" and merged.capability("rtx4090") == "8.9"
+    row = merged.row("13.0", "2.11.0")
+    assert row.index == "https://mirror.example/cu130" and row.min_driver == "580.82.07"
+    assert len(merged.rows) == len(matrix.rows) + 1
+    assert merged.row("13.2", "2.16.0").index == "local"
+    assert merged.family("2.16.0") == Family("2.16.0", "0.31.0", None)
+    assert merged.family("2.13.0").torchvision == "0.28.1"
+    assert len(merged.families) == len(matrix.families) + 1
+    assert load_matrix(raw_matrix(), extra={}) == matrix  # nothing added: the file's matrix
+
+
+@pytest.mark.parametrize(
+    ("extra", "where", "fix"),
+    [
+        ({"row": []}, "cuda_torch_matrix_extra", "only the keys gpus, rows, families"),
+        ({"rows": {}}, "cuda_torch_matrix_extra.rows", "one row per pair"),
+        (
+            {"rows": [{"cuda": "13.0", "torch": 2.11}]},
+            "cuda_torch_matrix_extra.rows[0]",
+            "exactly the keys",
+        ),
+        (
+            {
+                "rows": [
+                    {
+                        "cuda": "13.0",
+                        "torch": 2.11,
+                        "index": "local",
+                        "arch_list": "12.0",
+                        "ptx": None,
+                        "min_driver": None,
+                    }
+                ]
+            },
+            "cuda_torch_matrix_extra.rows[0].torch",
+            "quoted string",
+        ),
+        ({"gpus": {"x": "89"}}, "cuda_torch_matrix_extra.gpus.x", "X.Y"),
+        (
+            {"families": [{"torch": "2.16.0", "torchvision": "0.31.0"}]},
+            "cuda_torch_matrix_extra.families[0]",
+            "torchaudio",
+        ),
+    ],
+)
+def test_extra_errors_name_the_inventory_variable(extra: Any, where: str, fix: str) -> None:
+    with pytest.raises(MatrixError) as info:
+        load_matrix(raw_matrix(), extra=extra)
+    assert info.value.where == where and fix in str(info.value), str(info.value)
+
+
+def test_matrix_path_and_config_matrix(tmp_path: Path) -> None:
+    assert matrix_path(tmp_path) == tmp_path / "playbooks" / "vars" / "cuda_torch_matrix.yml"
+    assert matrix_path(tmp_path, "m.yml") == tmp_path / "m.yml"
+    assert matrix_path(tmp_path, "/abs/m.yml") == Path("/abs/m.yml")
+    data = raw_matrix()
+    data["rows"] = [r for r in data["rows"] if r["cuda"] == "cpu"]
+    own = tmp_path / "own.yml"
+    own.write_text(yaml.safe_dump({MATRIX_VAR: data}))
+
+    cfg = SimpleNamespace(
+        cuda_torch_matrix_file=str(own), cuda_torch_matrix_extra={"gpus": {"rtx6000": "12.0"}}
+    )
+    matrix = config_matrix(cfg, tmp_path)
+    assert {r.cuda for r in matrix.rows} == {"cpu"} and matrix.capability("rtx6000") == "12.0"
+    cfg.cuda_torch_matrix_file = str(tmp_path / "missing.yml")
+    with pytest.raises(MatrixError, match=r"cannot be read.*cuda_torch_matrix_file"):
+        config_matrix(cfg, tmp_path)
