@@ -17,7 +17,10 @@ description:
 options:
   config:
     description: The configuration variables (registry, os_base, gpu_targets, package_layers,
-      package_layers_exclude, package_layers_replace, comfyui, manager).
+      package_layers_exclude, package_layers_replace, comfyui, manager,
+      cuda_torch_matrix_extra, cuda_torch_matrix_file). The matrix is the repo's
+      playbooks/vars/cuda_torch_matrix.yml (or cuda_torch_matrix_file) with
+      cuda_torch_matrix_extra merged over it.
     type: dict
     required: true
   templates:
@@ -139,7 +142,9 @@ EXAMPLES = r"""
 
 RETURN = r"""
 nodes:
-  description: Every node with its status (cached, stale), hash, tags, reason and layers.
+  description: Every node with its status (cached, stale), hash, tags, reason and layers;
+    a C(base-<target>) node also has C(driver_floor) (the matrix row's min_driver, null for
+    cpu) and C(torch_family) (each family member's resolved version).
   returned: always
   type: list
   elements: dict
@@ -168,6 +173,16 @@ plan_file:
   description: Path of plan.json (empty in check mode).
   returned: always
   type: str
+notes:
+  description: What people should know about the plan, not refusals (a target without
+    torchaudio and the ComfyUI nodes that lose it, a cpu target given a CUDA build of torch
+    and its size, ComfyUI's torch lines served by each target's family). Also in plan.json
+    and at the end of I(table).
+  returned: always
+  type: list
+  elements: str
+  sample:
+    - "cpu: no torchaudio (...): ComfyUI's audio nodes (...) will not load"
 table:
   description: The plan as lines of a table, for people.
   returned: always
@@ -316,6 +331,7 @@ def main() -> None:
         nodes=plan_json(plan, settings)["nodes"],
         stale=[node.name for node in plan.stale],
         skipped_nodes=plan.skipped,  # not `skipped`: Ansible would call the task skipped
+        notes=plan.notes,
         bake_file=bake_path,
         plan_file=plan_path,
         table=plan_table(plan).splitlines(),

@@ -32,7 +32,11 @@ TOP_LEVEL_KEYS = (
     "package_layers_replace",
     "comfyui",
     "manager",
+    "cuda_torch_matrix_extra",
+    "cuda_torch_matrix_file",
 )
+NO_MEMBER = "none"  # torchvision/torchaudio: none leaves that member out on purpose
+_MATRIX_EXTRA_KEYS = ("gpus", "rows", "families")
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _VERSION_RE = re.compile(r"^\d+(\.\d+)+$")
@@ -80,8 +84,9 @@ class GpuTarget:
     torch_cuda_arch_list: str
     base_image: str | None = None
     extra_libs: tuple[str, ...] = ()
-    torchvision: str | None = None
+    torchvision: str | None = None  # None: the matrix's family; "none": left out on purpose
     torchaudio: str | None = None
+    torch_extra: tuple[str, ...] = ()  # more family members from the same index, pinned
 
     @property
     def is_cpu(self) -> bool:
@@ -127,6 +132,10 @@ class Config:
     package_layers_replace: tuple[tuple[str, str], ...]
     comfyui: GitSource
     manager: ManagerSource
+    # {gpus:, rows:, families:} merged over the matrix file (gpu_matrix.config_matrix checks
+    # what is inside); None: nothing added
+    cuda_torch_matrix_extra: Mapping[str, Any] | None = None
+    cuda_torch_matrix_file: str | None = None  # None: playbooks/vars/cuda_torch_matrix.yml
 
     def target(self, name: str) -> GpuTarget:
         for target in self.gpu_targets:
@@ -288,6 +297,7 @@ _TARGET_KEYS = (
     "torch_cuda_arch_list",
     "base_image",
     "extra_libs",
+    "torch_extra",
 )
 
 
@@ -383,9 +393,72 @@ def _load_target(name: str, value: Any) -> GpuTarget:
         torch_cuda_arch_list=arch_list,
         base_image=base_image,
         extra_libs=_string_list(data.get("extra_libs"), f"{where}.extra_libs", "libgl1"),
-        torchvision=_optional_string(data.get("torchvision"), f"{where}.torchvision", "0.22.1"),
-        torchaudio=_optional_string(data.get("torchaudio"), f"{where}.torchaudio", "2.7.1"),
+        torchvision=_member_version(data.get("torchvision"), f"{where}.torchvision", "0.26.0"),
+        torchaudio=_member_version(data.get("torchaudio"), f"{where}.torchaudio", "2.11.0"),
+        torch_extra=_torch_extra(data.get("torch_extra"), f"{where}.torch_extra"),
     )
+
+
+def _member_version(value: Any, where: str, example: str) -> str | None:
+    """torchvision/torchaudio: a release without local label, ``none``, or None (the family's)."""
+    text = _optional_string(value, where, example)
+    if text is None or text == NO_MEMBER:
+        return text
+    if not _TORCH_VERSION_RE.match(text) or "+" in text:
+        raise ConfigError(
+            where,
+            f"{text!r} is not a release version",
+            f"write the release without a local tag, e.g. '{example}'; leave it out to take "
+            f"the matrix's family, or write {NO_MEMBER} to build without it",
+        )
+    return text
+
+
+_FAMILY_NAMES = ("torch", "torchvision", "torchaudio")
+
+
+def _torch_extra(value: Any, where: str) -> tuple[str, ...]:
+    specs = _string_list(value, where, "xformers==0.0.33")
+    seen: dict[str, int] = {}
+    for i, spec in enumerate(specs):
+        at = f"{where}[{i}]"
+        try:
+            req = Requirement(spec)
+        except InvalidRequirement as exc:
+            raise ConfigError(
+                at, f"{spec!r} is not a pip requirement ({exc})", "e.g. 'xformers==0.0.33'"
+            ) from exc
+        name = canonicalize_name(req.name)
+        if name in _FAMILY_NAMES:
+            raise ConfigError(
+                at,
+                f"names {name}, which the target's own {name} key sets",
+                f"drop it here and set {where.rsplit('.', 1)[0]}.{name}",
+            )
+        if name in seen:
+            raise ConfigError(at, f"repeats {where}[{seen[name]}] ({name})", "list it once")
+        if not any(s.operator in ("==", "===") for s in req.specifier) or req.url:
+            raise ConfigError(
+                at,
+                f"{spec!r} does not pin a version",
+                f"pin it like the rest of the family, e.g. '{req.name}==<version>'",
+            )
+        seen[name] = i
+    return specs
+
+
+def _load_matrix_extra(value: Any) -> Mapping[str, Any] | None:
+    if value is None or value == {}:
+        return None
+    data = _mapping(value, "cuda_torch_matrix_extra")
+    _check_keys(data, "cuda_torch_matrix_extra", _MATRIX_EXTRA_KEYS, ())
+    return data
+
+
+def _load_matrix_file(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    return _string(value, "cuda_torch_matrix_file", "/srv/aiclipse/cuda_torch_matrix.yml")
 
 
 def _load_targets(value: Any) -> tuple[GpuTarget, ...]:
@@ -533,4 +606,6 @@ def load_config(variables: Mapping[str, Any]) -> Config:
         package_layers_replace=_load_replace(data.get("package_layers_replace"), exclude),
         comfyui=_load_git(data["comfyui"], "comfyui"),
         manager=_load_manager(data["manager"]),
+        cuda_torch_matrix_extra=_load_matrix_extra(data.get("cuda_torch_matrix_extra")),
+        cuda_torch_matrix_file=_load_matrix_file(data.get("cuda_torch_matrix_file")),
     )

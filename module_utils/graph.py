@@ -31,7 +31,7 @@ from ansible.module_utils.gitsource import (
     require_commit,
     requirement_lines,
 )
-from ansible.module_utils.gpu_matrix import load_matrix_file, validate_target
+from ansible.module_utils.gpu_matrix import config_matrix, validate_target
 from ansible.module_utils.hashing import file_sha256, node_hash, short, tree_entries
 from ansible.module_utils.package_layers import (
     Layer,
@@ -43,6 +43,18 @@ from ansible.module_utils.package_layers import (
     resolve,
 )
 from ansible.module_utils.templates import Template, select_targets
+from ansible.module_utils.torch_family import (
+    CUDA_PREFIXES,
+    TorchFamily,
+    check_resolution,
+    dropped_line_notes,
+    family_for,
+    family_notes,
+    family_pins,
+    from_target,
+    requires_from_report,
+    split_family_lines,
+)
 
 IMAGE = "comfyui"
 APT_PACKAGES = (
@@ -135,6 +147,8 @@ class Node:
     # a skipped node: "failure" (an input could not be had: the run fails, naming it) or
     # "intent" (left out on purpose: a note)
     kind_of_skip: str = ""
+    driver_floor: str | None = None  # base-<target>: the matrix row's min_driver (None: cpu)
+    torch_family: dict[str, str] = field(default_factory=dict)  # base-<target>: name -> version
 
     @property
     def hash_tag(self) -> str:
@@ -166,6 +180,7 @@ class Plan:
     nodes: list[Node]
     bake: dict[str, Any]
     skipped: list[dict[str, str]]
+    notes: list[str] = field(default_factory=list)  # what people should know; not refusals
 
     def by_name(self) -> dict[str, Node]:
         return {node.name: node for node in self.nodes}
@@ -232,13 +247,9 @@ def _reset(context: Path, keep: Sequence[str]) -> None:
 # Package layers of a target
 
 
-def _torch_specs(target: GpuTarget) -> list[str]:
-    specs = [f"torch=={target.torch}"]
-    if target.torchvision:
-        specs.append(f"torchvision=={target.torchvision}")
-    if target.torchaudio:
-        specs.append(f"torchaudio=={target.torchaudio}")
-    return specs
+def _torch_specs(family: TorchFamily) -> list[str]:
+    """The torch layer: the whole family (torch, torchvision, torchaudio, torch_extra), pinned."""
+    return family.specs()
 
 
 def _resolve_options(target: GpuTarget, base: ResolveOptions) -> ResolveOptions:
@@ -272,15 +283,51 @@ def _with_local_hashes(layers: list[Layer]) -> list[Layer]:
     return out
 
 
+def _report_requires(settings: Settings, resolution: Any) -> dict[str, tuple[str, ...]]:
+    """Requires-Dist of each resolved distribution, from the cached pip report (formats.md:
+    ``resolution-<key>.json`` holds ``{"inputs", "report"}``); empty when there is none."""
+    path = settings.cache_dir / "resolutions" / f"resolution-{resolution.key}.json"
+    try:
+        return requires_from_report(json.loads(path.read_text("utf-8"))["report"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def _check_overrides(config: Config, family: TorchFamily) -> None:
+    """package_layers_exclude/_replace must leave the family whole (it is pinned everywhere)."""
+    replace = config.replace_map
+    for name in family.names:
+        key = (
+            "package_layers_exclude"
+            if name in config.package_layers_exclude
+            else "package_layers_replace"
+            if name in replace
+            else ""
+        )
+        if key:
+            raise PlanError(
+                f"{key} names {name}, a member of gpu_targets.{family.target}'s torch family "
+                f"({', '.join(family.specs())}). Fix: drop {name} from {key}; to leave a member "
+                f"out set gpu_targets.{family.target}.{name}: none (torchvision, torchaudio) "
+                "or remove it from torch_extra"
+            )
+
+
 def target_layers(
     config: Config,
     target: GpuTarget,
     settings: Settings,
     comfy_specs: list[str],
     extra: tuple[str, Sequence[str]] | None = None,
+    family: TorchFamily | None = None,
 ) -> list[Layer]:
-    """Resolve torch, ComfyUI's requirements and the configured layers once; assign them."""
-    layer_specs: list[tuple[str, Sequence[str]]] = [("torch", _torch_specs(target))]
+    """Resolve the torch family, ComfyUI's requirements and the configured layers once; assign
+    them. The family (``torch_family.family_for``; without it, what the target names) is
+    the torch layer and the resolution's constraints; a resolution that mixes the family's
+    build variants raises ``torch_family.MixedFamily`` before anything is built."""
+    family = family or from_target(target)
+    _check_overrides(config, family)
+    layer_specs: list[tuple[str, Sequence[str]]] = [("torch", _torch_specs(family))]
     if comfy_specs:
         layer_specs.append(("comfyui", comfy_specs))
     layer_specs += [(layer.name, layer.specs) for layer in config.package_layers]
@@ -291,13 +338,26 @@ def target_layers(
         layer_specs,
         settings.python_version,
         settings.platform,
-        constraints=_torch_specs(target),
+        constraints=family.constraint_lines(),
         options=_resolve_options(target, settings.resolve_options),
         cache_dir=settings.cache_dir / "resolutions",
         extra_specs=sorted(set(replace.values())),
     )
     resolution = apply_overrides(resolution, layer_specs, config.package_layers_exclude, replace)
+    check_resolution(family, resolution, _report_requires(settings, resolution))
     return _with_local_hashes(assign_layers(layer_specs, resolution))
+
+
+def _cuda_sizes(layers: Sequence[Layer]) -> dict[str, int]:
+    """Sizes of the nvidia-*/cuda-* wheels that lie in a local wheelhouse (pip's report
+    gives no size for an index's files)."""
+    sizes = {}
+    for layer in layers:
+        for dist in layer.dists:
+            path = local_path(dist.url)
+            if dist.name.startswith(CUDA_PREFIXES) and path and os.path.isfile(path):
+                sizes[dist.name] = os.path.getsize(path)
+    return sizes
 
 
 def _link(source: Path, dest: Path) -> None:
@@ -511,15 +571,18 @@ def make_plan(
 ) -> Plan:
     """Render, hash and classify every node the templates need; write the bake file."""
     env = _environment(settings.repo_root)
-    matrix = load_matrix_file(settings.repo_root / "playbooks" / "vars" / "cuda_torch_matrix.yml")
+    matrix = config_matrix(config, settings.repo_root)
     build = settings.build_dir
     names = [t.name for t in config.gpu_targets]
     wanted: dict[str, list[Template]] = {}
     for template in templates:
         for target_name in select_targets(template, names, requested_target):
             wanted.setdefault(target_name, []).append(template)
+    families: dict[str, TorchFamily] = {}
     for target_name in wanted:
         validate_target(config.target(target_name), matrix)
+        families[target_name] = family_for(config.target(target_name), matrix)
+    notes: list[str] = []
 
     os_base = Node(
         "os-base", "os-base", None, 0, hash=node_hash({"ref": settings.os_base_ref}, None)
@@ -542,18 +605,31 @@ def make_plan(
     except SourceUnreachable as err:
         common.status, common.reason = "skipped", str(err)
         comfy_specs = []
+    comfy_specs, family_lines = split_family_lines(comfy_specs)
+    if family_lines:
+        notes.append(
+            f"ComfyUI's requirements list {', '.join(family_lines)}: not resolved from there; "
+            "each target's torch family provides them (the torch layer, pinned for every later "
+            "install)"
+        )
 
     for target_name in sorted(wanted):
         target = config.target(target_name)
+        family = families[target_name]
         base = Node(f"base-{target.name}", "base-gpu", "base-common", 2, target=target.name)
         base.image = image
+        row = matrix.row(target.cuda, target.torch)
+        base.driver_floor = row.min_driver if row else None
         nodes.append(base)
         by_name[base.name] = base
         if common.status == "skipped":
             base.status, base.reason = "skipped", "base-common skipped"
         else:
             try:
-                layers = target_layers(config, target, settings, comfy_specs)
+                layers = target_layers(config, target, settings, comfy_specs, family=family)
+                base.torch_family = family_pins(family, layers)
+                notes += family_notes(target, family, layers, _cuda_sizes(layers))
+                notes += dropped_line_notes(family, family_lines, base.torch_family)
                 overrides = {
                     "exclude": sorted(config.package_layers_exclude),
                     "replace": dict(sorted(config.replace_map.items())),
@@ -601,7 +677,7 @@ def make_plan(
         for n in nodes
         if n.status == "skipped"
     ]
-    plan = Plan(nodes=nodes, bake={}, skipped=skipped)
+    plan = Plan(nodes=nodes, bake={}, skipped=skipped, notes=notes)
     plan.bake = bake_file(plan, settings)
     return plan
 
@@ -625,10 +701,9 @@ def _comfy_specs(config: Config, settings: Settings) -> list[str]:
         settings.source_timeout,
     )
     specs: list[str] = []
+    # every line, torch's family included: make_plan sets the family's lines aside and says
+    # so in the plan's notes (torch_family.split_family_lines): the torch layer provides them
     for spec in requirement_lines(comfy) + requirement_lines(manager):
-        name = re.split(r"[\s<>=!~;\[]", spec, maxsplit=1)[0].lower()
-        if name in ("torch", "torchvision", "torchaudio"):
-            continue  # the target's torch layer provides these
         if spec not in specs:
             specs.append(spec)
     return specs
@@ -700,7 +775,7 @@ def plan_json(plan: Plan, settings: Settings) -> dict[str, Any]:
         parent = by_name.get(node.parent or "")
         item["parent_hash"] = parent.hash if parent else None
         nodes.append(item)
-    return {"nodes": nodes, "skipped": plan.skipped}
+    return {"nodes": nodes, "skipped": plan.skipped, "notes": plan.notes}
 
 
 def write_outputs(plan: Plan, settings: Settings) -> tuple[Path, Path]:
@@ -729,7 +804,8 @@ def plan_table(plan: Plan) -> str:
         layers = ", ".join(f"{item['name']}({item['count']})" for item in node.layers) or "-"
         rows.append((node.status, node.name, node.hash_tag or "-", layers, node.reason or "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    return "\n".join(
+    lines = [
         "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4]
         for row in rows
-    )
+    ]
+    return "\n".join(lines + [f"NOTE: {note}" for note in plan.notes])

@@ -334,3 +334,105 @@ def test_follow_is_optional_and_must_be_a_string() -> None:
     data["comfyui"]["follow"] = 3.1
     err = error_for(data)
     assert "comfyui.follow" in str(err) and "quote it" in str(err)
+
+
+# --- the torch family keys and the matrix extras ---------------------------------------------
+
+
+def test_family_fields_default_to_the_matrix_and_none_leaves_out() -> None:
+    gpu = load_config(base_vars()).target("rtx5090")
+    assert (gpu.torchvision, gpu.torchaudio, gpu.torch_extra) == (None, None, ())
+    variables = base_vars()
+    variables["gpu_targets"]["rtx5090"].update(
+        torchvision="0.22.1", torchaudio="none", torch_extra=["xformers==0.0.31"]
+    )
+    gpu = load_config(variables).target("rtx5090")
+    assert (gpu.torchvision, gpu.torchaudio) == ("0.22.1", "none")
+    assert gpu.torch_extra == ("xformers==0.0.31",)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "where", "what"),
+    [
+        (
+            lambda t: t.update(torchvision="0.22.1+cu128"),
+            "gpu_targets.rtx5090.torchvision",
+            "not a release version",
+        ),
+        (lambda t: t.update(torch_extra="xformers"), "gpu_targets.rtx5090.torch_extra", "list"),
+        (
+            lambda t: t.update(torch_extra=["xformers"]),
+            "gpu_targets.rtx5090.torch_extra[0]",
+            "does not pin a version",
+        ),
+        (
+            lambda t: t.update(torch_extra=["torchvision==0.22.1"]),
+            "gpu_targets.rtx5090.torch_extra[0]",
+            "own torchvision key",
+        ),
+        (
+            lambda t: t.update(torch_extra=["triton==3.3.1", "Triton==3.3.1"]),
+            "gpu_targets.rtx5090.torch_extra[1]",
+            "repeats",
+        ),
+        (
+            lambda t: t.update(torch_extra=["x y"]),
+            "gpu_targets.rtx5090.torch_extra[0]",
+            "not a pip requirement",
+        ),
+    ],
+)
+def test_family_field_errors(mutate: Any, where: str, what: str) -> None:
+    variables = base_vars()
+    mutate(variables["gpu_targets"]["rtx5090"])
+    err = error_for(variables)
+    assert err.where == where and what in err.what, str(err)
+
+
+def test_matrix_extra_and_file_keys() -> None:
+    config = load_config(base_vars())
+    assert config.cuda_torch_matrix_extra is None and config.cuda_torch_matrix_file is None
+    variables = base_vars()
+    extra = {"gpus": {"rtx6000": "12.0"}, "rows": [], "families": []}
+    variables.update(cuda_torch_matrix_extra=extra, cuda_torch_matrix_file="/srv/m.yml")
+    config = load_config(variables)
+    assert config.cuda_torch_matrix_extra == extra
+    assert config.cuda_torch_matrix_file == "/srv/m.yml"
+    # what playbooks/plan.yml passes when the inventory sets neither
+    variables.update(cuda_torch_matrix_extra={}, cuda_torch_matrix_file="")
+    config = load_config(variables)
+    assert config.cuda_torch_matrix_extra is None and config.cuda_torch_matrix_file is None
+    variables["cuda_torch_matrix_extra"] = {"row": []}
+    err = error_for(variables)
+    assert err.where == "cuda_torch_matrix_extra.row" and "gpus, rows, families" in err.fix
+    variables["cuda_torch_matrix_extra"] = ["rows"]
+    assert error_for(variables).where == "cuda_torch_matrix_extra"
+
+
+def test_the_embedded_default_is_one_family_per_target() -> None:
+    """inventory/local's gpu_targets: CUDA 13.0 + the 2.11 family from PyPI, a cu128 variant,
+    and the cpu target on the +cpu family; every target passes the matrix and its families."""
+    from pathlib import Path
+
+    import yaml
+    from ansible.module_utils.gpu_matrix import load_matrix_file, validate_target
+    from ansible.module_utils.torch_family import family_for
+
+    repo = Path(__file__).resolve().parents[2]
+    images = yaml.safe_load(
+        (repo / "inventory" / "local" / "group_vars" / "all" / "images.yml").read_text()
+    )
+    config = load_config({k: v for k, v in images.items() if k in TOP_LEVEL_KEYS})
+    matrix = load_matrix_file(repo / "playbooks" / "vars" / "cuda_torch_matrix.yml")
+    by_name = {t.name: t for t in config.gpu_targets}
+    for name in ("rtx4090", "rtx5090", "h100"):
+        gpu = by_name[name]
+        assert (gpu.cuda, gpu.torch, gpu.torch_index_url) == ("13.0", "2.11.0", None), name
+        assert matrix.row("13.0", "2.11.0").index == "https://pypi.org/simple"
+    assert by_name["cpu"].torch_index_url == "https://download.pytorch.org/whl/cpu"
+    assert by_name["rtx4090-cu128"].gpu == "rtx4090"
+    assert by_name["rtx4090-cu128"].cuda == "12.8"
+    for gpu in config.gpu_targets:
+        validate_target(gpu, matrix)
+        family = family_for(gpu, matrix)
+        assert family.specs() == ["torch==2.11.0", "torchvision==0.26.0", "torchaudio==2.11.0"]

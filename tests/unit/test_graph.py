@@ -49,6 +49,10 @@ def world(tmp_path_factory):
     make_wheel(wheels, "filelock", "3.0.0")
     make_wheel(wheels, "torch", "2.13.0+cpu", ("filelock",))  # local version: %2B in URLs
     make_wheel(wheels, "torch", "2.8.0", ("filelock",))
+    # the torch families the matrix pairs with them (torch 2.13 has no torchaudio)
+    make_wheel(wheels, "torchvision", "0.28.0+cpu", ("torch==2.13.0",))
+    make_wheel(wheels, "torchvision", "0.23.0", ("torch==2.8.0",))
+    make_wheel(wheels, "torchaudio", "2.8.0", ("torch==2.8.0",))
     make_wheel(wheels, "numpy", "2.0.0")
     make_wheel(wheels, "numpy", "2.1.0")
     make_wheel(wheels, "pillow", "10.0.0")
