@@ -50,5 +50,13 @@ TORCH_STANDIN = {
 
 def make_torch_standin(folder: Path, requires: tuple[str, ...] = ()) -> Path:
     """``torch==2.13.0+cpu`` that imports and answers what the verification asks of a CPU
-    torch (``__version__``, ``version.cuda``, ``cuda.is_available()``): the real one is 183 MB."""
+    torch (``__version__``, ``version.cuda``, ``cuda.is_available()``): the real one is 183 MB.
+    Beside it ``torchvision==0.28.0+cpu``: the plan pins a target's whole torch family."""
+    make_wheel(  # its family (the matrix pairs torch 2.13.0 with torchvision 0.28.0, no audio)
+        folder,
+        "torchvision",
+        "0.28.0+cpu",
+        ("torch==2.13.0",),
+        files={"torchvision/__init__.py": "__version__ = '0.28.0+cpu'\n"},
+    )
     return make_wheel(folder, "torch", "2.13.0+cpu", requires, files=TORCH_STANDIN)
