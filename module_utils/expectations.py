@@ -13,6 +13,8 @@ from typing import Any
 
 from ansible.module_utils.config import Config
 from ansible.module_utils.gpu_matrix import load_matrix_file, target_capability
+from ansible.module_utils.manifests import parse_models
+from ansible.module_utils.workflows import missing_models, workflow_needs
 
 
 def node_pins(context: Path) -> list[dict[str, str]]:
@@ -25,6 +27,17 @@ def node_pins(context: Path) -> list[dict[str, str]]:
             name = url.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git")
             pins.append({"name": name, "url": url, "commit": commit})
     return pins
+
+
+def workflow_expectations(context: Path) -> dict[str, Any]:
+    """The node classes each workflow uses, and the models it names that no manifest line
+    provides (each with the fix), from a template context (``workflows/``, ``manifests/``)."""
+    needs = workflow_needs(context / "workflows")
+    manifest = context / "manifests" / "models_manifest.txt"
+    names = set()
+    if manifest.exists():
+        names = {m.name for m in parse_models(manifest.read_text("utf-8"), str(manifest))}
+    return {"workflows": needs, "missing_models": missing_models(needs, names)}
 
 
 def expectations(
@@ -49,6 +62,7 @@ def expectations(
         "comfyui_commit": config.comfyui.ref,
         "manager_commit": config.manager.ref,
         "nodes": node_pins(build_dir / node["name"]),
+        **workflow_expectations(build_dir / node["name"]),
         "canaries": canaries,
         "uid": uid,
     }

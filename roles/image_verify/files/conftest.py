@@ -43,3 +43,15 @@ def serves(request):
     from ansible.module_utils.gpu_matrix import serves
 
     return serves
+
+
+@pytest.fixture(scope="session")
+def comfy_log(request):
+    """module_utils/workflows.py: ComfyUI's log read for the nodes that failed to import."""
+    import importlib.util
+
+    folder = request.config.getoption("--module-utils")
+    spec = importlib.util.spec_from_file_location("workflows", Path(folder) / "workflows.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
