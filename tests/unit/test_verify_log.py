@@ -123,3 +123,26 @@ def test_shipped_templates_name_only_models_their_manifests_provide():
         manifest = template / "models_manifest.txt"
         names = {m.name for m in parse_models(manifest.read_text(), str(manifest))}
         assert missing_models(needs, names) == [], template.name
+
+
+def test_only_the_audio_nodes_the_plan_names_are_accepted_as_lost(tmp_path):
+    """torch 2.14.1 has no torchaudio: the plan names ComfyUI's audio nodes, and the
+    verification accepts exactly those; torch 2.11.0 has one, so nothing is accepted."""
+    from ansible.module_utils.config import load_config
+    from ansible.module_utils.expectations import expectations
+
+    matrix_file = REPO / "playbooks" / "vars" / "cuda_torch_matrix.yml"
+    base = {
+        "comfyui": {"repo": "https://example.invalid/c.git", "ref": "a" * 40},
+        "manager": {"repo": "https://example.invalid/m.git", "ref": "b" * 40},
+    }
+    node = {"name": "t-x", "target": "x", "ref": "r/comfyui:t-x-0"}
+    for torch, cuda, accepted in (
+        ("2.14.1", "13.0", ["nodes_audio.py", "nodes_audio_encoder.py"]),
+        ("2.11.0", "13.0", []),
+    ):
+        target = {"gpu": "rtx5090", "cuda": cuda, "torch": torch, "torch_cuda_arch_list": "12.0"}
+        config = load_config({**base, "gpu_targets": {"x": target}})
+        got = expectations(config, node, tmp_path, matrix_file, "3.11", [])
+        assert got["accepted_import_failures"] == accepted, torch
+        assert got["capability"] == "12.0"
