@@ -128,7 +128,7 @@ def rows(
                 row.status = "failed"
                 summary_, report = checked.get("summary", ""), checked.get("report", "")
                 row.why = f"verification failed: {summary_} ({report})"
-                row.cause = [str(line) for line in checked.get("causes") or []]
+                row.cause = [*row.cause, *(str(line) for line in checked.get("causes") or [])]
         sent = push.get(row.ref)
         if sent:
             row.push_seconds = float(sent.get("seconds") or 0.0)

@@ -307,3 +307,15 @@ def test_a_child_the_build_skipped_for_its_failed_parent_fails_the_run():
 def test_only_images_on_purpose_left_out_keep_the_run_ok():
     nodes = [*plan_nodes()[:2], dict(plan_nodes()[-1], kind_of_skip="intent")]
     assert summary(rows(nodes, {}, {}, {}))["ok"] is True
+
+
+def test_a_failed_verification_carries_pytests_failed_lines_as_its_cause():
+    build, verify, push = results()
+    verify["big-cpu"]["causes"] = [
+        "FAILED test_image.py::test_comfyui_quick_test_loads_every_node - AssertionError: "
+        "ComfyUI could not import: /opt/ComfyUI/custom_nodes/bad: No module named 'x'"
+    ]
+    report = rows(plan_nodes(), build, verify, push)
+    said = failures(report)
+    assert said[0].startswith("big-cpu: verification failed")
+    assert "custom_nodes/bad: No module named 'x'" in said[1], said
