@@ -53,7 +53,7 @@ def test_comfyui_at_its_pinned_commit(host, expect):
     assert host.check_output(f"git -C {COMFY} rev-parse HEAD") == expect["comfyui_commit"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def quick_test(host):
     """ComfyUI's own start (``--quick-test-for-ci``): every node loaded, then exit."""
     run = host.run(f"cd {COMFY} && timeout 300 {PY} main.py --cpu --quick-test-for-ci 2>&1")
@@ -115,7 +115,8 @@ def test_workflow_nodes_are_in_object_info(host, expect):
         f"> {log} 2>&1 &) ; ok=0; for i in $(seq 1 240); do "
         f"if curl -sf -o /tmp/aiclipse-object-info.json http://127.0.0.1:{port}/object_info; "
         "then ok=1; break; fi; sleep 1; done; "
-        f"pkill -f 'main.py --cpu --listen 127.0.0.1 --port {port}' || true; "
+        # [m]ain.py: the pattern must not match this very shell's command line
+        f"pkill -f '[m]ain.py --cpu --listen 127.0.0.1 --port {port}' || true; "
         f"[ $ok = 1 ] && cat /tmp/aiclipse-object-info.json || tail -40 {log}"
     )
     assert run.rc == 0 and run.stdout.lstrip().startswith("{"), (
