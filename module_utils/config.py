@@ -44,6 +44,8 @@ _TORCH_VERSION_RE = re.compile(r"^\d+\.\d+(\.\d+)?([a-z0-9.]*)?$")
 _ARCH_ENTRY_RE = re.compile(r"^\d+\.\d+[af]?(\+PTX)?$")
 _REPO_PREFIXES = ("https://", "http://", "ssh://", "git://", "git@", "file://", "/")
 _MANAGER_SECURITY_LEVELS = ("strong", "normal", "normal-")
+# auto: the package where the pinned ComfyUI ships manager_requirements.txt, else git
+MANAGER_MODES = ("auto", "package", "git")
 
 
 class ConfigError(ValueError):
@@ -112,12 +114,18 @@ class GitSource:
 
 @dataclass(frozen=True)
 class ManagerSource:
-    """How ComfyUI-Manager is installed: a pinned git source and its security level."""
+    """How ComfyUI-Manager is installed, and its security level.
 
-    repo: str
-    ref: str
+    ``mode``: ``package`` is the ``comfyui-manager`` PyPI package that the pinned ComfyUI's
+    ``manager_requirements.txt`` names (started with ``--enable-manager``); ``git`` is a clone
+    of ``repo`` at ``ref`` in ``custom_nodes``; ``auto`` is ``package`` where that file exists
+    at the pinned commit, else ``git`` (the plan decides: ``graph.manager_plan``)."""
+
+    repo: str = ""
+    ref: str = ""
     security_level: str = "normal"
     follow: str = ""
+    mode: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -576,7 +584,7 @@ def _load_git(value: Any, where: str) -> GitSource:
 
 def _load_manager(value: Any) -> ManagerSource:
     data = _mapping(value, "manager")
-    _check_keys(data, "manager", ("repo", "ref", "security_level", "follow"), ("repo", "ref"))
+    _check_keys(data, "manager", ("repo", "ref", "security_level", "follow", "mode"), ())
     level = data.get("security_level", "normal")
     if level not in _MANAGER_SECURITY_LEVELS:
         raise ConfigError(
@@ -584,11 +592,46 @@ def _load_manager(value: Any) -> ManagerSource:
             f"{level!r} is not allowed (weak levels let anyone install code remotely)",
             f"use one of {', '.join(_MANAGER_SECURITY_LEVELS)}",
         )
+    mode = data.get("mode", "auto")
+    if mode not in MANAGER_MODES:
+        raise ConfigError(
+            "manager.mode",
+            f"{mode!r} is not a mode",
+            f"use one of {', '.join(MANAGER_MODES)} (auto: the comfyui-manager package where "
+            "ComfyUI ships manager_requirements.txt, else a git clone of manager.repo)",
+        )
+    if mode == "package":
+        for key in ("repo", "ref", "follow"):
+            if key in data:
+                raise ConfigError(
+                    f"manager.{key}",
+                    "is not used with manager.mode: package (Manager is the comfyui-manager "
+                    "package that ComfyUI's manager_requirements.txt names)",
+                    f"remove manager.{key}, or set manager.mode: auto to keep the git pin for "
+                    "a ComfyUI commit without manager_requirements.txt",
+                )
+    elif mode == "git" or any(key in data for key in ("repo", "ref", "follow")):
+        for key in ("repo", "ref"):
+            if data.get(key) is None:
+                why = (
+                    "with manager.mode: git"
+                    if mode == "git"
+                    else "once manager.repo, ref or follow is set (a git pin needs both)"
+                )
+                raise ConfigError(
+                    f"manager.{key}",
+                    f"is required {why}",
+                    f"set manager.{key}, or (manager.mode: auto) leave out repo, ref and follow "
+                    "for a ComfyUI commit that ships manager_requirements.txt",
+                )
     return ManagerSource(
-        repo=_repo(data["repo"], "manager.repo"),
-        ref=_string(data["ref"], "manager.ref", "3.38 or a full commit SHA"),
+        repo=_repo(data["repo"], "manager.repo") if "repo" in data else "",
+        ref=_string(data["ref"], "manager.ref", "3.38 or a full commit SHA")
+        if "ref" in data
+        else "",
         security_level=level,
         follow=_string(data["follow"], "manager.follow", "main or 3.*") if "follow" in data else "",
+        mode=mode,
     )
 
 

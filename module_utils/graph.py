@@ -69,6 +69,8 @@ APT_PACKAGES = (
     "procps",
 )
 EXCLUDE = ("__pycache__", "*.pyc")
+# ComfyUI >= 0.4 names the comfyui-manager package here (installed, started --enable-manager)
+MANAGER_REQUIREMENTS = "manager_requirements.txt"
 
 
 class PlanError(Exception):
@@ -394,8 +396,69 @@ def _layer_file(index: int, layer: Layer) -> str:
 # Contexts of each kind
 
 
+@dataclass(frozen=True)
+class ManagerPlan:
+    """How base-common gets ComfyUI-Manager: ``manager.mode`` decided against the pinned
+    ComfyUI (``manager_plan``)."""
+
+    mode: str  # package | git
+    specs: tuple[str, ...] = ()  # package: the lines of ComfyUI's manager_requirements.txt
+    repo: str = ""  # git: manager.repo
+    commit: str = ""  # git: manager.ref, a full commit
+
+
+def manager_plan(config: Config, settings: Settings) -> ManagerPlan:
+    """``package`` where the pinned ComfyUI ships ``manager_requirements.txt`` (ComfyUI >= 0.4
+    installs Manager as the ``comfyui-manager`` package and starts it with
+    ``--enable-manager``; a clone in ``custom_nodes`` is skipped there), else ``git``.
+    ``manager.mode: package|git`` forces one; PlanError when the pinned commits cannot serve
+    it, SourceUnreachable when ComfyUI cannot be fetched."""
+    commit = require_commit(config.comfyui.ref, "comfyui.ref")
+    mode = config.manager.mode
+    text = None
+    if mode != "git":
+        text = read_file(
+            settings.cache_dir,
+            config.comfyui.repo,
+            commit,
+            MANAGER_REQUIREMENTS,
+            "comfyui.repo",
+            settings.source_timeout,
+        )
+    if text is not None:
+        specs = requirement_lines(text)
+        if not specs:
+            raise PlanError(
+                f"comfyui.ref: ComfyUI's {MANAGER_REQUIREMENTS} at {commit} names no package. "
+                "Fix: pin comfyui.ref to a commit whose file names comfyui-manager, or set "
+                "manager.mode: git with manager.repo and manager.ref"
+            )
+        return ManagerPlan("package", specs=tuple(specs))
+    if mode == "package":
+        raise PlanError(
+            f"manager.mode: package, but ComfyUI at {commit} (comfyui.ref) has no "
+            f"{MANAGER_REQUIREMENTS} (it predates the comfyui-manager package). Fix: set "
+            "manager.mode: auto or git with manager.repo and manager.ref, or move comfyui.ref "
+            "to a commit that ships the file"
+        )
+    if not (config.manager.repo and config.manager.ref):
+        raise PlanError(
+            f"manager.repo: ComfyUI at {commit} (comfyui.ref) has no {MANAGER_REQUIREMENTS}, "
+            "so Manager is a git clone, and manager.repo/manager.ref are not set. Fix: set "
+            "manager.repo and manager.ref (a full commit), or move comfyui.ref to a commit "
+            "that ships the file"
+        )
+    return ManagerPlan(
+        "git", repo=config.manager.repo, commit=require_commit(config.manager.ref, "manager.ref")
+    )
+
+
 def render_base_common(
-    env: jinja2.Environment, context: Path, config: Config, settings: Settings
+    env: jinja2.Environment,
+    context: Path,
+    config: Config,
+    settings: Settings,
+    manager: ManagerPlan,
 ) -> dict[str, str]:
     _reset(context, keep=("Dockerfile", "runtime", "manager-config.ini"))
     # The runtime scripts, and beside them the one manifest parser the plan uses too.
@@ -412,6 +475,8 @@ def render_base_common(
     for stale in runtime.iterdir():
         if stale.name not in sources:
             stale.unlink()
+    # Both modes: start.sh puts it where that Manager reads it (aiclipse_config.py
+    # manager-config), never below this level.
     _write(
         context / "manager-config.ini",
         f"[default]\nsecurity_level = {config.manager.security_level}\n"
@@ -427,14 +492,18 @@ def render_base_common(
             jupyter_spec=settings.jupyter_spec,
             filebrowser_url=settings.filebrowser_url,
             filebrowser_sha256=settings.filebrowser_sha256,
+            manager_mode=manager.mode,
+            manager_specs=list(manager.specs),
         ),
     )
-    return {
+    args = {
         "COMFYUI_REPO": config.comfyui.repo,
         "COMFYUI_COMMIT": require_commit(config.comfyui.ref, "comfyui.ref"),
-        "MANAGER_REPO": config.manager.repo,
-        "MANAGER_COMMIT": require_commit(config.manager.ref, "manager.ref"),
+        "MANAGER_MODE": manager.mode,
     }
+    if manager.mode == "git":
+        args.update(MANAGER_REPO=manager.repo, MANAGER_COMMIT=manager.commit)
+    return args
 
 
 def render_base_gpu(
@@ -597,11 +666,14 @@ def make_plan(
 
     image = f"{config.registry}/{IMAGE}"
     common = Node("base-common", "base-common", "os-base", 1, image=image)
-    common.args = render_base_common(env, build / common.name, config, settings)
     nodes.append(common)
     by_name[common.name] = common
     try:
-        comfy_specs = comfy_requirements() if comfy_requirements else _comfy_specs(config, settings)
+        manager = manager_plan(config, settings)
+        comfy_specs = (
+            comfy_requirements() if comfy_requirements else _comfy_specs(config, settings, manager)
+        )
+        common.args = render_base_common(env, build / common.name, config, settings, manager)
     except SourceUnreachable as err:
         common.status, common.reason = "skipped", str(err)
         comfy_specs = []
@@ -682,7 +754,9 @@ def make_plan(
     return plan
 
 
-def _comfy_specs(config: Config, settings: Settings) -> list[str]:
+def _comfy_specs(
+    config: Config, settings: Settings, manager: ManagerPlan | None = None
+) -> list[str]:
     cache = settings.cache_dir
     comfy = read_file(
         cache,
@@ -692,18 +766,19 @@ def _comfy_specs(config: Config, settings: Settings) -> list[str]:
         "comfyui.repo",
         settings.source_timeout,
     )
-    manager = read_file(
-        cache,
-        config.manager.repo,
-        require_commit(config.manager.ref, "manager.ref"),
-        "requirements.txt",
-        "manager.repo",
-        settings.source_timeout,
-    )
+    manager = manager or manager_plan(config, settings)
+    # Manager's requirements join ComfyUI's in the one resolution (the comfyui layer): package
+    # mode's comfyui-manager spec (locked with its dependencies, hashed, installed --no-deps
+    # with ComfyUI's own) or the git clone's requirements.txt.
+    manager_lines = list(manager.specs)
+    if manager.mode == "git":
+        where, timeout = "manager.repo", settings.source_timeout
+        text = read_file(cache, manager.repo, manager.commit, "requirements.txt", where, timeout)
+        manager_lines = requirement_lines(text)
     specs: list[str] = []
     # every line, torch's family included: make_plan sets the family's lines aside and says
     # so in the plan's notes (torch_family.split_family_lines): the torch layer provides them
-    for spec in requirement_lines(comfy) + requirement_lines(manager):
+    for spec in requirement_lines(comfy) + manager_lines:
         if spec not in specs:
             specs.append(spec)
     return specs

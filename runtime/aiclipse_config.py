@@ -167,9 +167,15 @@ def cmd_filebrowser_hash(env: dict[str, str]) -> int:
 
 # ComfyUI-Manager's security levels, weakest first.
 MANAGER_LEVELS = ("weak", "normal-", "normal", "strong")
-# Where Manager reads its config.ini under ComfyUI's user directory: 3.38 and later (the
-# folder the userdata API cannot write), and the 3.x releases before.
-MANAGER_CONFIGS = ("__manager/config.ini", "default/ComfyUI-Manager/config.ini")
+# Where Manager reads its config.ini under ComfyUI's user directory, by how it is installed.
+# The comfyui-manager package (4.x, ComfyUI >= 0.4 with --enable-manager) reads only
+# folder_paths.get_system_user_directory("manager"), i.e. <user>/__manager/config.ini. A git
+# clone reads that folder from 3.38 on where ComfyUI has the system-user API (the folder the
+# userdata API cannot write), else <user>/default/ComfyUI-Manager (3.x before, old ComfyUI).
+MANAGER_CONFIGS = {
+    "package": ("__manager/config.ini",),
+    "git": ("__manager/config.ini", "default/ComfyUI-Manager/config.ini"),
+}
 
 
 def cmd_manager_config(args: argparse.Namespace) -> int:
@@ -180,17 +186,18 @@ def cmd_manager_config(args: argparse.Namespace) -> int:
     image.read_string(Path(args.source).read_text())
     floor = image.get("default", "security_level", fallback="normal")
     notes = []
-    for rel in MANAGER_CONFIGS:
+    for rel in MANAGER_CONFIGS[args.mode]:
         path = Path(args.user_dir) / rel
         if not path.exists():
             write_if_changed(path, Path(args.source).read_text())
             notes.append(f"{rel} written")
             continue
-        current = configparser.ConfigParser()
+        # read as Manager reads it: duplicate keys allowed (the last wins), level lower-cased
+        current = configparser.ConfigParser(strict=False)
         current.read_string(path.read_text())
         if not current.has_section("default"):
             current.add_section("default")
-        level = current.get("default", "security_level", fallback="")
+        level = current.get("default", "security_level", fallback="").lower()
         rank = MANAGER_LEVELS.index(level) if level in MANAGER_LEVELS else -1
         if rank < MANAGER_LEVELS.index(floor):
             current.set("default", "security_level", floor)
@@ -221,6 +228,9 @@ def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> in
     manager = sub.add_parser("manager-config")
     manager.add_argument("--source", required=True)
     manager.add_argument("--user-dir", required=True)
+    manager.add_argument(
+        "--mode", choices=sorted(MANAGER_CONFIGS), default="git", help="how Manager is installed"
+    )
     args = parser.parse_args(argv)
     if args.command == "model-paths":
         return cmd_model_paths(args)

@@ -16,6 +16,7 @@ COMFY_DIR="${COMFY_DIR:-/opt/ComfyUI}"
 PYTHON="${AICLIPSE_PYTHON:-/opt/venv/bin/python}"
 WORKFLOWS_TEMPLATE_DIR="${WORKFLOWS_TEMPLATE_DIR:-/opt/workflows}"
 MANAGER_CONFIG="${AICLIPSE_MANAGER_CONFIG:-/opt/aiclipse/manager-config.ini}"
+MANAGER_MODE="${AICLIPSE_MANAGER_MODE:-git}" # package: ComfyUI starts it (--enable-manager)
 MODELS_MANIFEST="${MODELS_MANIFEST:-/manifests/models_manifest.txt}"
 NODES_MANIFEST="${NODES_MANIFEST:-$ROOT/nodes_manifest.txt}"
 FILEBROWSER_BIN="${FILEBROWSER_BIN:-/usr/local/bin/filebrowser}"
@@ -112,11 +113,15 @@ copy_workflows() {
 }
 
 # ComfyUI-Manager reads its config under ComfyUI's user directory (on the volume): give it
-# the image's security level there, and never let an older config weaken it.
+# the image's security level there, and never let an older config weaken it. The package
+# (AICLIPSE_MANAGER_MODE=package) reads user/__manager only; a clone that path or the old one.
 setup_manager() {
   [[ -f "$MANAGER_CONFIG" ]] || { log "manager: no $MANAGER_CONFIG in the image, skipped"; return; }
-  log "$(as_user "$PYTHON" "$RUNTIME_DIR/aiclipse_config.py" manager-config \
-    --source "$MANAGER_CONFIG" --user-dir "$ROOT/user")"
+  local line
+  line="$(as_user "$PYTHON" "$RUNTIME_DIR/aiclipse_config.py" manager-config \
+    --source "$MANAGER_CONFIG" --user-dir "$ROOT/user" --mode "$MANAGER_MODE")" ||
+    die "manager: cannot enforce the image's security level under $ROOT/user (see above)"
+  log "$line"
 }
 
 setup_ssh() {
@@ -308,6 +313,10 @@ start_comfyui() {
   [[ -f "$user_paths" ]] && args+=("$user_paths")
   args+=(--output-directory "$ROOT/output" --input-directory "$ROOT/input"
     --user-directory "$ROOT/user")
+  # The comfyui-manager package runs only when ComfyUI is told to (base-common sets the mode).
+  if [[ "$MANAGER_MODE" == package && " ${extra[*]} " != *" --enable-manager "* ]]; then
+    args+=(--enable-manager)
+  fi
   log "comfyui: starting on port ${COMFY_PORT:-8188} as $RUNTIME_USER (COMFY_ARGS: ${COMFY_ARGS:-none})"
   cd "$COMFY_DIR"
   if [[ $EUID -eq 0 ]]; then

@@ -436,3 +436,44 @@ def test_the_embedded_default_is_one_family_per_target() -> None:
         validate_target(gpu, matrix)
         family = family_for(gpu, matrix)
         assert family.specs() == ["torch==2.11.0", "torchvision==0.26.0", "torchaudio==2.11.0"]
+
+
+# --- manager.mode ------------------------------------------------------------------------------
+
+
+def test_manager_mode_defaults_to_auto_and_package_needs_no_git_pin() -> None:
+    assert load_config(base_vars()).manager.mode == "auto"
+    data = base_vars()
+    data["manager"] = {"security_level": "strong"}  # auto: ComfyUI's manager_requirements.txt
+    manager = load_config(data).manager
+    assert (manager.mode, manager.repo, manager.ref, manager.security_level) == (
+        "auto",
+        "",
+        "",
+        "strong",
+    )
+    data["manager"] = {"mode": "package"}
+    assert load_config(data).manager.mode == "package"
+    data["manager"] = {**base_vars()["manager"], "mode": "git"}
+    assert load_config(data).manager.ref == "3.38"
+
+
+@pytest.mark.parametrize(
+    ("manager", "where", "what", "fix"),
+    [
+        ({"mode": "pip"}, "manager.mode", "'pip' is not a mode", "auto, package, git"),
+        ({"mode": "git"}, "manager.repo", "required with manager.mode: git", "set manager.repo"),
+        ({"mode": "git", "repo": "https://x/y"}, "manager.ref", "required", "set manager.ref"),
+        ({"repo": "https://x/y"}, "manager.ref", "a git pin needs both", "leave out"),
+        ({"follow": "main"}, "manager.repo", "a git pin needs both", "manager_requirements"),
+        ({"mode": "package", "ref": "3.38"}, "manager.ref", "not used", "manager.mode: auto"),
+        ({"mode": "package", "follow": "main"}, "manager.follow", "not used", "remove"),
+    ],
+)
+def test_manager_mode_errors_name_the_key(manager, where: str, what: str, fix: str) -> None:
+    data = base_vars()
+    data["manager"] = manager
+    err = error_for(data)
+    assert err.where == where
+    assert what in err.what
+    assert fix in err.fix

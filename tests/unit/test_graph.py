@@ -18,6 +18,7 @@ from ansible.module_utils.gitsource import GitSourceError
 from ansible.module_utils.gpu_matrix import IncompatibleTarget
 from ansible.module_utils.graph import (
     BuilderCaps,
+    PlanError,
     Settings,
     load_previous,
     make_plan,
@@ -60,6 +61,15 @@ def world(tmp_path_factory):
     make_wheel(wheels, "diffusers", "0.30.0", ("numpy", "pillow"))
     comfy = make_repo(root / "comfyui", {"requirements.txt": "torch\npyyaml\nnumpy\n"})
     manager = make_repo(root / "manager", {"requirements.txt": "# none\n"})
+    # a ComfyUI >= 0.4: Manager is the comfyui-manager package its manager_requirements.txt names
+    make_wheel(wheels, "comfyui-manager", "4.0.3", ("pyyaml",))
+    comfy_pkg = make_repo(
+        root / "comfyui-pkg",
+        {
+            "requirements.txt": "torch\npyyaml\nnumpy\n",
+            "manager_requirements.txt": "comfyui_manager==4.0.3\n",
+        },
+    )
     templates = root / "templates"
     tpl = templates / "tiny"
     (tpl / "workflows").mkdir(parents=True)
@@ -71,6 +81,7 @@ def world(tmp_path_factory):
         "root": root,
         "wheels": wheels,
         "templates": templates,
+        "comfy_pkg": {"repo": f"file://{root / 'comfyui-pkg'}", "ref": comfy_pkg},
         "config": {
             "registry": "127.0.0.1:5999/t",
             "os_base": {"source": "debootstrap", "suite": "bookworm", "mirror": "http://x"},
@@ -316,3 +327,78 @@ def test_a_target_that_cannot_resolve_is_skipped_the_others_planned(world, tmp_p
 def test_unknown_template_lists_the_ones_that_exist(world):
     with pytest.raises(TemplateError, match=r"tiny"):
         load_template(world["templates"], "tinny")
+
+
+# ---------------------------------------------------------------------------------------------
+# ComfyUI-Manager: the package where the pinned ComfyUI names it, else the pinned clone
+
+
+def manager_config(world, comfyui: dict | None = None, **manager) -> dict:
+    config = json.loads(json.dumps(world["config"]))
+    if comfyui:
+        config["comfyui"] = comfyui
+    if manager:
+        config["manager"] = {k: v for k, v in {**config["manager"], **manager}.items() if v}
+    return config
+
+
+def test_manager_is_a_pinned_clone_where_comfyui_has_no_manager_requirements(world, tmp_path):
+    p = plan(world, tmp_path / "b")
+    common = p.by_name()["base-common"]
+    assert common.args["MANAGER_MODE"] == "git"
+    assert common.args["MANAGER_COMMIT"] == world["config"]["manager"]["ref"]
+    dockerfile = (tmp_path / "b" / "base-common" / "Dockerfile").read_text()
+    assert 'clone --quiet --no-checkout "$MANAGER_REPO"' in dockerfile
+    assert "ARG MANAGER_MODE=git" in dockerfile and "comfyui-manager" not in dockerfile
+    assert p.bake["target"]["base-common"]["args"]["MANAGER_MODE"] == "git"
+
+
+def test_manager_is_the_package_comfyui_names_locked_with_its_requirements(world, tmp_path):
+    # auto, and no repo/ref at all: ComfyUI's manager_requirements.txt decides
+    config = manager_config(world, world["comfy_pkg"], repo="", ref="", security_level="strong")
+    p = plan(world, tmp_path / "b", config=config)
+    common = p.by_name()["base-common"]
+    assert common.status == "stale"
+    assert common.args == {
+        "COMFYUI_REPO": world["comfy_pkg"]["repo"],
+        "COMFYUI_COMMIT": world["comfy_pkg"]["ref"],
+        "MANAGER_MODE": "package",
+    }
+    dockerfile = (tmp_path / "b" / "base-common" / "Dockerfile").read_text()
+    assert "ARG MANAGER_MODE=package" in dockerfile
+    assert "ENV AICLIPSE_MANAGER_MODE=${MANAGER_MODE}" in dockerfile  # start.sh: --enable-manager
+    assert "custom_nodes/ComfyUI-Manager" not in dockerfile and "MANAGER_REPO" not in dockerfile
+    assert "# Manager: comfyui_manager==4.0.3" in dockerfile
+    ini = (tmp_path / "b" / "base-common" / "manager-config.ini").read_text()
+    assert "security_level = strong" in ini
+    # the package and its dependencies are in the one resolution, in ComfyUI's layer
+    for target in ("base-cpu", "base-rtx4090"):
+        comfy = next(x for x in p.by_name()[target].layers if x["name"] == "comfyui")
+        assert "comfyui-manager==4.0.3" in comfy["pins"] and "pyyaml==6.0.0" in comfy["pins"]
+    assert (
+        "comfyui-manager==4.0.3"
+        in (tmp_path / "b" / "base-cpu" / "layers" / "02-comfyui.txt").read_text()
+    )
+
+
+def test_the_manager_mode_is_in_the_hash(world, tmp_path):
+    pkg = world["comfy_pkg"]
+    package = plan(world, tmp_path / "p", config=manager_config(world, pkg))
+    forced = plan(world, tmp_path / "g", config=manager_config(world, pkg, mode="git"))
+    assert forced.by_name()["base-common"].args["MANAGER_MODE"] == "git"  # forced: a clone
+    a, b = hashes(package), hashes(forced)
+    for node in ("base-common", "base-cpu", "tiny-cpu"):
+        assert a[node] != b[node], node
+    assert "not in the registry" in package.by_name()["base-common"].reason
+    again = plan(world, tmp_path / "p", config=manager_config(world, pkg))
+    assert hashes(again) == a
+
+
+def test_package_mode_needs_a_comfyui_that_ships_manager_requirements(world, tmp_path):
+    config = manager_config(world, mode="package", repo="", ref="")
+    with pytest.raises(PlanError, match=r"manager.mode: package, but ComfyUI at [0-9a-f]{40} "
+                       r"\(comfyui.ref\) has no manager_requirements.txt"):  # fmt: skip
+        plan(world, tmp_path / "b", config=config)
+    config = manager_config(world, repo="", ref="")  # auto: a clone, but of what?
+    with pytest.raises(PlanError, match=r"^manager.repo: ComfyUI at .* no manager_requirements"):
+        plan(world, tmp_path / "b", config=config)

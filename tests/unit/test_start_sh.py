@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import aiclipse_config
@@ -83,3 +84,73 @@ def test_manager_config_goes_where_manager_reads_it_and_is_never_weakened(tmp_pa
     text = old.read_text()
     assert "security_level = normal" in text and "share_option = none" in text
     assert "security_level = strong" in strong.read_text()
+
+
+def test_the_manager_package_reads_only_the_system_user_folder(tmp_path, capsys):
+    source = tmp_path / "manager-config.ini"
+    source.write_text("[default]\nsecurity_level = strong\n")
+    user = tmp_path / "user"
+    argv = ["manager-config", "--source", str(source), "--user-dir", str(user), "--mode"]
+    assert aiclipse_config.main([*argv, "package"]) == 0
+    assert (user / "__manager" / "config.ini").read_text() == source.read_text()
+    # the package never reads user/default (which ComfyUI's userdata API serves): nothing there
+    assert not (user / "default").exists()
+    assert "__manager/config.ini written" in capsys.readouterr().out
+    # read as Manager reads it: the last of two keys counts, and the case does not matter
+    (user / "__manager" / "config.ini").write_text(
+        "[default]\nsecurity_level = strong\nsecurity_level = WEAK\n"
+    )
+    assert aiclipse_config.main([*argv, "package"]) == 0
+    assert "security_level weak -> strong" in capsys.readouterr().out
+    (user / "__manager" / "config.ini").write_text("[default]\nsecurity_level = Strong\n")
+    assert aiclipse_config.main([*argv, "package"]) == 0
+    assert "kept (strong)" in capsys.readouterr().out
+
+
+def run_start_sh(tmp_path: Path, **env: str) -> tuple[list[str], Path]:
+    """start.sh up to ComfyUI's exec, every side service off; ComfyUI is a main.py that prints
+    the arguments it was given."""
+    comfy = tmp_path / "ComfyUI"
+    comfy.mkdir()
+    (comfy / "main.py").write_text("import json, sys\nprint('ARGV ' + json.dumps(sys.argv[1:]))\n")
+    config = tmp_path / "manager-config.ini"
+    config.write_text("[default]\nsecurity_level = normal\n")
+    none = str(tmp_path / "absent")
+    values = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "AICLIPSE_ROOT": str(tmp_path / "volume"),
+        "COMFY_DIR": str(comfy),
+        "AICLIPSE_PYTHON": sys.executable,
+        "RUNTIME_USER": "root",  # as root; a non-root run uses its own user
+        "AICLIPSE_MANAGER_CONFIG": str(config),
+        "WORKFLOWS_TEMPLATE_DIR": none,
+        "MODELS_MANIFEST": none,
+        "FILEBROWSER_BIN": none,
+        "JUPYTER_ENABLE": "0",
+        **env,
+    }
+    done = subprocess.run(
+        ["bash", str(START)], env=values, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    line = next(x for x in done.stdout.splitlines() if x.startswith("ARGV "))
+    return json.loads(line[5:]), tmp_path / "volume" / "user"
+
+
+@pytest.mark.parametrize("mode", ["package", "git", ""])
+def test_start_sh_starts_the_manager_package_with_enable_manager(tmp_path, mode):
+    env = {"AICLIPSE_MANAGER_MODE": mode} if mode else {}
+    argv, user = run_start_sh(tmp_path, COMFY_ARGS="--cpu", **env)
+    assert argv[-1] == "--cpu"
+    assert argv.count("--enable-manager") == (1 if mode == "package" else 0)
+    assert "security_level = normal" in (user / "__manager" / "config.ini").read_text()
+    legacy = user / "default" / "ComfyUI-Manager" / "config.ini"
+    assert legacy.exists() == (mode != "package")  # a clone may read the old place
+
+
+def test_start_sh_does_not_repeat_enable_manager_given_in_comfy_args(tmp_path):
+    argv, _ = run_start_sh(
+        tmp_path, AICLIPSE_MANAGER_MODE="package", COMFY_ARGS="--enable-manager --cpu"
+    )
+    assert argv.count("--enable-manager") == 1
