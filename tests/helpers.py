@@ -41,3 +41,13 @@ def recap(output: str) -> dict[str, dict[str, int]]:
     for m in re.finditer(r"^(\S+)\s+:\s+((?:\w+=\d+\s*)+)$", output, re.M):
         hosts[m[1]] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m[2])}
     return hosts
+
+
+def docker(*args: str, check: bool = True, timeout: float = 900) -> str:
+    """``docker ARGS`` -> stdout; with ``check`` a failure asserts with docker's stderr."""
+    done = subprocess.run(
+        ["docker", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if check:
+        assert done.returncode == 0, f"docker {' '.join(args[:4])}: {done.stderr[-3000:]}"
+    return done.stdout

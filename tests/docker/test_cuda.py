@@ -15,12 +15,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 from gitserver import GitServer, make_comfy_sources
-from helpers import REPO, playbook
+from helpers import REPO, docker, playbook
 
 INDEX = Path(os.environ.get("AICLIPSE_CUDA_INDEX", "/opt/pypi-more/simple"))
 TORCH, VISION = "2.14.1", "0.29.1"
@@ -36,12 +35,6 @@ pytestmark = pytest.mark.skipif(
     reason=f"no local index with torch {TORCH} (CUDA 13.0) at {INDEX}",
 )
 
-
-def docker(*args: str, check: bool = True) -> str:
-    done = subprocess.run(["docker", *args], capture_output=True, text=True, check=False)
-    if check:
-        assert done.returncode == 0, f"docker {' '.join(args[:4])}: {done.stderr[-3000:]}"
-    return done.stdout
 
 
 @pytest.fixture(scope="module")

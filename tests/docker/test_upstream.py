@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import REPO, playbook
+from helpers import REPO, docker, playbook
 
 sys.path.insert(0, str(REPO / "tests"))
 from upstream import Mirrors, rewrite_template
@@ -76,12 +76,6 @@ def _targets_of(template: Path, known: list[str]) -> list[str]:
     targets = data.get("gpu_targets", "all")
     return known if targets == "all" else [t for t in targets if t in known]
 
-
-def docker(*args: str, check: bool = True) -> str:
-    done = subprocess.run(["docker", *args], capture_output=True, text=True, check=False)
-    if check:
-        assert done.returncode == 0, f"docker {' '.join(args[:4])}: {done.stderr[-3000:]}"
-    return done.stdout
 
 
 @pytest.fixture(scope="module")
