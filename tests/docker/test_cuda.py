@@ -36,7 +36,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-
 @pytest.fixture(scope="module")
 def cuda_build(stack, tmp_path_factory):
     assert _index_has_torch(), f"CI needs torch {TORCH} in the local index {INDEX}"

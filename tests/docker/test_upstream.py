@@ -77,7 +77,6 @@ def _targets_of(template: Path, known: list[str]) -> list[str]:
     return known if targets == "all" else [t for t in targets if t in known]
 
 
-
 @pytest.fixture(scope="module")
 def runs(stack, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("upstream")
