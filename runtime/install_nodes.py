@@ -9,6 +9,14 @@ Standard library plus git and pip; the manifest parser is the project's one pars
   out at its commit (``git rev-parse HEAD`` asserted), its ``requirements.txt`` installed with
   pip under the image's constraints (``PIP_CONSTRAINT``), then renamed into place. A node that
   fails never appears half-installed; every failure is reported and named.
+* A node's ``install.py`` runs the way ComfyUI-Manager runs it (``execute_install_script``):
+  after its requirements, ``<python> install.py`` with the node's folder as cwd and the
+  environment plus ``COMFYUI_PATH``/``COMFYUI_FOLDERS_BASE_PATH`` (ComfyUI's folder) where
+  unset. The installed distributions are compared before and after: an install.py that
+  installs, removes or moves one fails the node, naming it with the difference (the image's
+  packages are locked; a node's packages come from its requirements, under the constraints).
+* A failure ends the output: each failed node's name with the last lines of the command that
+  failed (git, pip, install.py), then its reason, so a build log's tail names it.
 * Torch is never moved: pip's ``--dry-run --report`` first; a node whose requirements would
   install or change torch, torchvision or torchaudio fails naming the node, and the versions
   are compared again after the install.
@@ -41,6 +49,9 @@ except ImportError:  # run from the repository: the parser lives in module_utils
     import manifests
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+TAIL_LINES = 8  # of a failing command's output, at the end of the log (bake_run keeps 12)
+INSTALL_SCRIPT = "install.py"
+DEFAULT_COMFYUI = "/opt/ComfyUI"
 PROTECTED = ("torch", "torchvision", "torchaudio")
 DEFAULT_CONSTRAINTS = "/opt/aiclipse/constraints.txt"
 DEFAULT_OVERRIDES = "/opt/aiclipse/package-overrides.json"
@@ -49,7 +60,17 @@ MARKER_DIR = "aiclipse-nodes"  # under sys.prefix of the Python that gets the re
 
 
 class NodeError(Exception):
-    pass
+    """One node cannot be installed; ``output``: the failing command's last lines."""
+
+    def __init__(self, message: str, output: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.output = list(output)[-TAIL_LINES:]
+
+
+def tail_lines(*texts: str) -> list[str]:
+    """The last non-blank lines of a command's output (stderr after stdout)."""
+    lines = [line.rstrip() for text in texts for line in (text or "").splitlines()]
+    return [line for line in lines if line.strip()][-TAIL_LINES:]
 
 
 def log(message: str) -> None:
@@ -102,7 +123,9 @@ def git(*args: str, cwd: Path | None = None, timeout: float = 600) -> str:
         raise NodeError(f"git {args[0]} failed: {err}") from err
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
-        raise NodeError(f"git {args[0]} exited {done.returncode}: {last}")
+        raise NodeError(
+            f"git {args[0]} exited {done.returncode}: {last}", tail_lines(done.stdout, done.stderr)
+        )
     return done.stdout.strip()
 
 
@@ -173,6 +196,30 @@ class Pip:
             raise NodeError(f"cannot run {self.python}: {done.stderr.strip()[-300:]}")
         return json.loads(done.stdout)
 
+    def distributions(self) -> dict[str, str]:
+        """Every installed distribution of this Python: canonical name -> version (versions
+        joined with ',' where one name is installed twice)."""
+        code = (
+            "import json, importlib.metadata as m\n"
+            "d = {}\n"
+            "for x in m.distributions():\n"
+            "    name = x.metadata['Name']\n"
+            "    if name: d.setdefault(name, set()).add(x.version)\n"
+            "print(json.dumps({k: sorted(v) for k, v in d.items()}))\n"
+        )
+        done = subprocess.run(
+            [self.python, "-c", code], capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            raise NodeError(
+                f"cannot list the distributions of {self.python}",
+                tail_lines(done.stdout, done.stderr),
+            )
+        found: dict[str, set[str]] = {}
+        for name, versions in json.loads(done.stdout).items():
+            found.setdefault(canonical(name), set()).update(versions)
+        return {name: ",".join(sorted(v)) for name, v in sorted(found.items())}
+
     def prefix(self) -> Path:
         if Path(self.python).resolve() == Path(sys.executable).resolve():
             return Path(sys.prefix)
@@ -200,7 +247,10 @@ def install_requirements(pip: Pip, requirements: Path, name: str) -> str:
             "install", "--dry-run", "--quiet", "--report", str(report_path), "-r", str(requirements)
         )
         if dry.returncode != 0:
-            raise NodeError(f"its requirements cannot be resolved: {_pip_error(dry)}")
+            raise NodeError(
+                f"its requirements cannot be resolved: {_pip_error(dry)}",
+                tail_lines(dry.stdout, dry.stderr),
+            )
         report = json.loads(report_path.read_text(encoding="utf-8"))
     planned = {
         canonical(item["metadata"]["name"]): item["metadata"]["version"]
@@ -220,7 +270,9 @@ def install_requirements(pip: Pip, requirements: Path, name: str) -> str:
         return "requirements already satisfied"
     done = pip.run("install", "--quiet", "-r", str(requirements))
     if done.returncode != 0:
-        raise NodeError(f"pip install failed: {_pip_error(done)}")
+        raise NodeError(
+            f"pip install failed: {_pip_error(done)}", tail_lines(done.stdout, done.stderr)
+        )
     after = pip.protected_versions()
     if after != before:
         raise NodeError(f"pip changed the torch trio: {before} -> {after}")
@@ -277,6 +329,85 @@ def requirements_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def environment_changes(before: Mapping[str, str], after: Mapping[str, str]) -> list[str]:
+    """What moved between two ``Pip.distributions()`` snapshots, one entry per distribution."""
+    changes = []
+    for name in sorted(set(before) | set(after)):
+        old, new = before.get(name), after.get(name)
+        if old == new:
+            continue
+        if old is None:
+            changes.append(f"installed {name}=={new}")
+        elif new is None:
+            changes.append(f"removed {name}=={old}")
+        else:
+            changes.append(f"moved {name} {old} -> {new}")
+    return changes
+
+
+def node_requirements(pip: Pip, work: Path, name: str) -> str:
+    """Install the node's ``requirements.txt`` (the image's exclusions and replacements
+    applied) under the constraints; the note says what went in."""
+    req = work / "requirements.txt"
+    if not req.exists():
+        return "no requirements"
+    with tempfile.TemporaryDirectory(prefix="aiclipse-req-") as tmp:
+        effective, changes = overridden_requirements(req, pip.overrides, Path(tmp))
+        return "; ".join([*changes, install_requirements(pip, effective, name)])
+
+
+def script_env(base: Mapping[str, str], comfyui: Path) -> dict[str, str]:
+    """ComfyUI-Manager's environment for install.py (manager_core.get_script_env): ours, with
+    COMFYUI_PATH and COMFYUI_FOLDERS_BASE_PATH set to ComfyUI's folder where unset."""
+    env = dict(base)
+    env.setdefault("COMFYUI_PATH", str(comfyui))
+    env.setdefault("COMFYUI_FOLDERS_BASE_PATH", str(comfyui))
+    return env
+
+
+def run_install_script(pip: Pip, work: Path, comfyui: Path, timeout: float = 1800) -> str:
+    """Run the node's install.py as ComfyUI-Manager does (``<python> install.py``, cwd the
+    node's folder), after its requirements. NodeError when it fails or when it changed the
+    installed distributions (the difference and its last output lines with it)."""
+    if not (work / INSTALL_SCRIPT).is_file():
+        return ""
+    env = script_env(pip.env, comfyui)
+    env.pop("PIP_CONSTRAINT", None)
+    if pip.constraints:  # any pip it runs is held to the image's versions, as ours are
+        env["PIP_CONSTRAINT"] = pip.constraints
+    before = pip.distributions()
+    try:
+        done = subprocess.run(
+            [pip.python, INSTALL_SCRIPT],
+            cwd=work,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as err:
+        out = err.stdout if isinstance(err.stdout, str) else (err.stdout or b"").decode()
+        raise NodeError(
+            f"{INSTALL_SCRIPT} did not finish in {timeout:g} s", tail_lines(out)
+        ) from err
+    output = tail_lines(done.stdout)
+    changes = environment_changes(before, pip.distributions())
+    if changes:
+        raise NodeError(
+            f"its {INSTALL_SCRIPT} changed the Python environment: {', '.join(changes)} "
+            f"(exit {done.returncode}). The image's packages are locked: a node's packages come "
+            "from its requirements.txt, under the constraints. Fix: drop the node, or pin a "
+            f"commit whose {INSTALL_SCRIPT} installs nothing",
+            output,
+        )
+    if done.returncode != 0:
+        raise NodeError(f"{INSTALL_SCRIPT} exited {done.returncode}", output)
+    return f"{INSTALL_SCRIPT} ran"
+
+
 # --------------------------------------------------------------------------------------------
 # One node
 
@@ -286,6 +417,7 @@ class Result:
     node: manifests.NodeEntry
     status: str  # present | installed | failed
     note: str = ""
+    output: list[str] = field(default_factory=list)  # failed: the failing command's last lines
 
 
 def chown_tree(path: Path, owner: tuple[int, int] | None) -> None:
@@ -303,6 +435,7 @@ def install_node(
     pip: Pip,
     markers: Path,
     owner: tuple[int, int] | None,
+    comfyui: Path = Path(DEFAULT_COMFYUI),
 ) -> Result:
     commit = str(node.ref)
     dest = custom_nodes / node.name
@@ -322,7 +455,7 @@ def install_node(
             requirements
         ):
             return Result(node, "present", f"at {commit[:12]}, requirements installed")
-    staging = None
+    staging = fresh = None
     try:
         if head is None:
             staging = custom_nodes / f".{node.name}.installing-{os.getpid()}"
@@ -341,16 +474,15 @@ def install_node(
                 )
             checkout(dest, node.url, commit)
             work = dest
-        req = work / "requirements.txt"
-        note = "no requirements"
-        if req.exists():
-            with tempfile.TemporaryDirectory(prefix="aiclipse-req-") as tmp:
-                effective, changes = overridden_requirements(req, pip.overrides, Path(tmp))
-                note = "; ".join([*changes, install_requirements(pip, effective, node.name)])
+        note = node_requirements(pip, work, node.name)
         if staging is not None:
-            chown_tree(staging, owner)
-            os.replace(staging, dest)
-            staging = None
+            os.replace(staging, dest)  # install.py runs where Manager runs it: custom_nodes/<name>
+            staging, fresh = None, dest
+        script = run_install_script(pip, dest, comfyui)
+        if fresh is not None or script:
+            chown_tree(dest, owner)  # what install.py wrote too
+        fresh = None
+        note = "; ".join(part for part in (note, script) if part)
         markers.mkdir(parents=True, exist_ok=True)
         marker.write_text(
             json.dumps({"commit": commit, "requirements": requirements_digest(requirements)})
@@ -359,10 +491,11 @@ def install_node(
         )
         return Result(node, "installed", f"at {commit[:12]}; {note}")
     except NodeError as err:
-        return Result(node, "failed", str(err))
+        return Result(node, "failed", str(err), err.output)
     finally:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
+        for leftover in (staging, fresh):  # a node that failed is not left half-installed
+            if leftover is not None:
+                shutil.rmtree(leftover, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -390,6 +523,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--owner", help="UID:GID to own installed nodes (when run as root)")
     parser.add_argument(
+        "--comfyui",
+        default=os.environ.get("COMFY_DIR") or DEFAULT_COMFYUI,
+        help="ComfyUI's folder, for install.py's COMFYUI_PATH (default: $COMFY_DIR, else "
+        "%(default)s)",
+    )
+    parser.add_argument(
         "--overrides",
         default=DEFAULT_OVERRIDES,
         help="the image's package_layers_exclude/_replace as JSON (default: %(default)s)",
@@ -412,7 +551,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     results = []
     for node in nodes:
-        result = install_node(node, custom_nodes, pip, markers, owner)
+        result = install_node(node, custom_nodes, pip, markers, owner, Path(args.comfyui))
         results.append(result)
         log(f"[{result.status}] {node.name} ({node.where}): {result.note}")
     failed = [r for r in results if r.status == "failed"]
@@ -421,6 +560,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{len(results) - len(failed) - installed} present, {installed} installed, "
         f"{len(failed)} failed" + (f": {', '.join(r.node.name for r in failed)}" if failed else "")
     )
+    for result in failed:  # last, so that the tail of a build log names each one
+        for out in result.output:
+            log(f"{result.node.name} | {out}")
+        log(f"FAILED {result.node.name} ({result.node.where}): {result.note}")
     return EXIT_FAILED if failed else EXIT_OK
 
 

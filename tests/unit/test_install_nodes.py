@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -20,6 +21,32 @@ import pytest
 from gitserver import GitServer, commit_all, git, make_repo
 
 RUNTIME = Path(__file__).resolve().parents[2] / "runtime"
+
+
+# install.py of the test nodes, as node packs write them (ComfyUI-Manager runs them after the
+# requirements: `python install.py` in the node's folder)
+INSTALL_SCRIPTS = {
+    # writes a file beside itself; needs its requirement installed already
+    "NodeScriptFile": (
+        "import importlib.metadata, json, os\n"
+        "with open('install-ran.jsonl', 'a') as out:\n"
+        "    out.write(json.dumps({'cwd': os.getcwd(), 'comfyui': os.environ.get('COMFYUI_PATH'),\n"
+        "        'base': os.environ.get('COMFYUI_FOLDERS_BASE_PATH'),\n"
+        "        'tinydep': importlib.metadata.version('tinydep')}) + '\\n')\n"
+    ),
+    # installs a package of its own, behind the lock's back
+    "NodeScriptPip": (
+        "import subprocess, sys\n"
+        "print('Installing otherdep for the node')\n"
+        "subprocess.check_call([sys.executable, '-m', 'pip', 'install', 'otherdep==1.0'])\n"
+    ),
+    "NodeScriptFails": (
+        "import sys\n"
+        "print('downloading the weights')\n"
+        "print('RuntimeError: no GPU found', file=sys.stderr)\n"
+        "sys.exit(3)\n"
+    ),
+}
 
 
 def make_wheel(folder: Path, name: str, version: str, requires: tuple[str, ...] = ()) -> Path:
@@ -54,6 +81,7 @@ def wheelhouse(tmp_path_factory):
     make_wheel(folder, "torch", "2.0")
     make_wheel(folder, "tinydep", "1.0")
     make_wheel(folder, "pulls-torch", "1.0", ("torch>=2",))
+    make_wheel(folder, "otherdep", "1.0")
     return folder
 
 
@@ -83,6 +111,9 @@ def nodes(tmp_path_factory):
         "NodeTorch": "pulls-torch\n",
         "NodeTorchPin": "torch==2.0\n",
         "NodeMissing": "does-not-exist==9.9\n",
+        "NodeScriptFile": "tinydep==1.0\n",
+        "NodeScriptPip": None,
+        "NodeScriptFails": None,
     }
     for name, requirements in specs.items():
         folder = src / name
@@ -90,6 +121,8 @@ def nodes(tmp_path_factory):
         (folder / "__init__.py").write_text(f"NODE_CLASS_MAPPINGS = {{}}  # {name}\n")
         if requirements is not None:
             (folder / "requirements.txt").write_text(requirements)
+        if name in INSTALL_SCRIPTS:
+            (folder / "install.py").write_text(INSTALL_SCRIPTS[name])
         repo, commit = make_repo(folder, root / name)
         found[name] = (repo, commit)
     # NodeA gets a second commit (on main) so a node can be moved between commits.
@@ -243,3 +276,95 @@ def test_pinned_nodes_refuses_every_unpinned_line(tmp_path):
     with pytest.raises(install_nodes.manifests.ManifestError) as err:
         install_nodes.pinned_nodes(str(manifest))
     assert [issue.line for issue in err.value.issues] == [1, 3]
+
+
+# ---------------------------------------------------------------------------------------------
+# install.py, run as ComfyUI-Manager runs it
+
+
+def failure_tail(out: str, name: str) -> list[str]:
+    """The lines after the summary: what a build log's tail shows of a failed node."""
+    lines = out.rstrip().splitlines()
+    start = max(i for i, text in enumerate(lines) if " failed" in text and "present," in text)
+    tail = lines[start + 1 :]
+    assert tail[-1].startswith(f"FAILED {name} ("), out
+    return tail
+
+
+def test_install_py_runs_after_the_requirements_in_the_node_folder(tmp_path, venv, nodes, env):
+    uninstall(venv, "tinydep")  # install.py imports it: it must be installed first
+    comfyui = tmp_path / "ComfyUI"
+    text = line(nodes, "NodeScriptFile")
+    status, out, custom = run(tmp_path, venv, text, "--comfyui", str(comfyui))
+    assert status == 0, out
+    assert "[installed] NodeScriptFile" in out and "install.py ran" in out
+    runs = (custom / "NodeScriptFile" / "install-ran.jsonl").read_text().splitlines()
+    assert len(runs) == 1
+    ran = json.loads(runs[0])
+    # where Manager runs it: custom_nodes/<name>, not a staging folder; ComfyUI's folder in env
+    assert ran == {
+        "cwd": str(custom / "NodeScriptFile"),
+        "comfyui": str(comfyui),
+        "base": str(comfyui),
+        "tinydep": "1.0",
+    }
+    # installed once: a node already there is not installed (nor its install.py run) again
+    status, out, _ = run(tmp_path, venv, text, "--comfyui", str(comfyui))
+    assert status == 0 and "[present] NodeScriptFile" in out, out
+    assert len((custom / "NodeScriptFile" / "install-ran.jsonl").read_text().splitlines()) == 1
+
+
+def test_install_py_that_installs_a_package_fails_naming_node_and_package(
+    tmp_path, venv, nodes, env
+):
+    uninstall(venv, "otherdep")
+    text = line(nodes, "NodeScriptPip") + line(nodes, "NodeNoReqs")
+    try:
+        status, out, custom = run(tmp_path, venv, text)
+    finally:
+        uninstall(venv, "otherdep")
+    assert status == 1, out
+    assert "[failed] NodeScriptPip" in out
+    assert "install.py changed the Python environment: installed otherdep==1.0" in out
+    assert "[installed] NodeNoReqs" in out  # the others still go in
+    assert sorted(p.name for p in custom.iterdir()) == ["NodeNoReqs"]  # not left half-installed
+    tail = failure_tail(out, "NodeScriptPip")
+    assert "installed otherdep==1.0" in tail[-1]
+    shown = tail[:-1]  # install.py's own last lines, each naming the node
+    assert shown and all(x.startswith("NodeScriptPip | ") for x in shown)
+    assert any("Successfully installed otherdep-1.0" in x for x in shown)
+
+
+def test_install_py_that_fails_fails_the_node_with_its_last_lines(tmp_path, venv, nodes, env):
+    status, out, custom = run(tmp_path, venv, line(nodes, "NodeScriptFails"))
+    assert status == 1, out
+    assert failure_tail(out, "NodeScriptFails") == [
+        "NodeScriptFails | downloading the weights",
+        "NodeScriptFails | RuntimeError: no GPU found",
+        f"FAILED NodeScriptFails ({tmp_path / 'nodes_manifest.txt'}:1): install.py exited 3",
+    ]
+    assert not (custom / "NodeScriptFails").exists()
+
+
+def test_every_failure_ends_the_output_naming_the_node(tmp_path, venv, nodes, env):
+    text = line(nodes, "NodeMissing") + line(nodes, "NodeA", "0" * 40) + line(nodes, "NodeNoReqs")
+    status, out, _ = run(tmp_path, venv, text)
+    assert status == 1, out
+    assert "0 present, 1 installed, 2 failed: NodeMissing, NodeA" in out
+    tail = failure_tail(out, "NodeA")
+    missing = [x for x in tail if x.startswith("NodeMissing | ")]
+    assert any("does-not-exist" in x for x in missing)  # pip's own last lines
+    assert any(x.startswith("FAILED NodeMissing (") for x in tail)
+    assert tail[-1].startswith("FAILED NodeA (") and "git" in tail[-1]
+    assert any(x.startswith("NodeA | ") for x in tail)  # git's own last lines
+
+
+def test_environment_changes_name_every_distribution():
+    before = {"a": "1.0", "b": "2.0", "c": "3.0"}
+    after = {"a": "1.0", "b": "2.1", "d": "0.1"}
+    assert install_nodes.environment_changes(before, after) == [
+        "moved b 2.0 -> 2.1",
+        "removed c==3.0",
+        "installed d==0.1",
+    ]
+    assert install_nodes.environment_changes(before, dict(before)) == []
