@@ -10,7 +10,11 @@ short_description: Write the expectations of one built template image as JSON
 description:
   - From the configuration and the plan's node, writes the Python, torch and CUDA version of
     the target, the GPU's compute capability, ComfyUI's and Manager's pinned commits, each
-    custom node with its commit, and the canary secrets that must not be in the image.
+    custom node with its commit, the node classes and model files each workflow of the
+    template uses (C(workflows)) with the models its manifest does not provide
+    (C(missing_models)), the ComfyUI files allowed to fail to import
+    (C(accepted_import_failures)), the runtime user, and the canary secrets that must not be
+    in the image.
   - The file is written mode 0600 (canaries). Supports check mode (nothing written).
 options:
   config:
@@ -61,7 +65,17 @@ expect:
   description: The expectations, canaries left out.
   returned: always
   type: dict
-  sample: {node: sd15-basic-cpu, torch: "2.13.0", cuda: cpu, capability: ""}
+  sample:
+    node: sd15-basic-cpu
+    torch: "2.13.0"
+    cuda: cpu
+    capability: ""
+    workflows:
+      sd15.json:
+        classes: [CheckpointLoaderSimple, KSampler]
+        models: [["4", CheckpointLoaderSimple, v1-5-pruned-emaonly-fp16.safetensors]]
+    missing_models: []
+    accepted_import_failures: []
 """
 
 import json
@@ -72,6 +86,8 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.config import ConfigError, load_config
 from ansible.module_utils.expectations import expectations
 from ansible.module_utils.gpu_matrix import IncompatibleTarget
+from ansible.module_utils.manifests import ManifestError
+from ansible.module_utils.workflows import WorkflowError
 
 
 def main() -> None:
@@ -97,7 +113,7 @@ def main() -> None:
             p["python_version"],
             p["canaries"],
         )
-    except (ConfigError, IncompatibleTarget) as err:
+    except (ConfigError, IncompatibleTarget, ManifestError, WorkflowError) as err:
         module.fail_json(msg=str(err))
     text = json.dumps(expect, indent=2, sort_keys=True) + "\n"
     dest = Path(p["dest"])

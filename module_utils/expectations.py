@@ -2,8 +2,10 @@
 
 The image_verify role writes this as JSON for the testinfra suite
 (roles/image_verify/files/test_image.py): Python, torch and CUDA of the target, the GPU's
-compute capability, ComfyUI's and Manager's pins, each node with its commit, and the canary
-secrets that must be found nowhere in the image.
+compute capability, ComfyUI's and Manager's pins, each node with its commit, the node classes
+each workflow uses and the models it names that the manifest does not provide (read here, on
+the controller, so the suite's part in the container stays small), the runtime user, and the
+canary secrets that must be found nowhere in the image.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from ansible.module_utils.config import Config
 from ansible.module_utils.gpu_matrix import config_matrix, target_capability
 from ansible.module_utils.manifests import parse_models
 from ansible.module_utils.torch_family import TORCHAUDIO_NODES, family_for
-from ansible.module_utils.workflows import missing_models, workflow_needs
+from ansible.module_utils.workflows import missing_models, provided, workflow_needs
 
 
 def node_pins(context: Path) -> list[dict[str, str]]:
@@ -32,12 +34,14 @@ def node_pins(context: Path) -> list[dict[str, str]]:
 
 def workflow_expectations(context: Path) -> dict[str, Any]:
     """The node classes each workflow uses, and the models it names that no manifest line
-    provides (each with the fix), from a template context (``workflows/``, ``manifests/``)."""
+    provides (each naming workflow, node and file, with the fix), from a template context
+    (``workflows/``, ``manifests/models_manifest.txt``, parsed by module_utils/manifests.py).
+    Raises WorkflowError or ManifestError naming the file."""
     needs = workflow_needs(context / "workflows")
     manifest = context / "manifests" / "models_manifest.txt"
-    names = set()
+    names: set[str] = set()
     if manifest.exists():
-        names = {m.name for m in parse_models(manifest.read_text("utf-8"), str(manifest))}
+        names = provided(m.dest for m in parse_models(manifest.read_text("utf-8"), str(manifest)))
     return {"workflows": needs, "missing_models": missing_models(needs, names)}
 
 
@@ -49,13 +53,15 @@ def expectations(
     python_version: str,
     canaries: list[str],
     uid: int = 1000,
+    user: str = "comfy",
 ) -> dict[str, Any]:
     target = config.target(node["target"])
     matrix = config_matrix(config, Path(matrix_file).parents[2])  # file + inventory extras
     capability = "" if target.is_cpu else target_capability(target, matrix)
     family = family_for(target, matrix)
     # the plan named these as lost (its notes); nothing else may fail to import
-    accepted = [] if family.torchaudio else [path.rsplit("/", 1)[-1] for path in TORCHAUDIO_NODES]
+    # (module_utils/comfy_log.py names them ``comfy_extras/<file>``, as TORCHAUDIO_NODES does)
+    accepted = [] if family.torchaudio else list(TORCHAUDIO_NODES)
     return {
         "node": node["name"],
         "image": node["ref"],
@@ -70,5 +76,6 @@ def expectations(
         **workflow_expectations(build_dir / node["name"]),
         "accepted_import_failures": accepted,
         "canaries": canaries,
+        "user": user,
         "uid": uid,
     }

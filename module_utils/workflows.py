@@ -5,10 +5,11 @@ Both formats ComfyUI writes are read: the UI format (``{"nodes": [{"type": ...,
 API format (``{"<id>": {"class_type": ..., "inputs": {...}}}``). Frontend-only node types
 (reroutes, notes, primitives, groups) have no server class and are not asked of
 ``/object_info``. A model file is any string input ending in one of ComfyUI's model
-extensions (``folder_paths.supported_pt_extensions`` plus ``.gguf``).
+extensions (``folder_paths.supported_pt_extensions`` plus ``.gguf``), named as ComfyUI's
+loaders list it: relative to its model folder (``SD1.5/model.safetensors``).
 
-Also ``comfy_log_failures``: the custom nodes and built-in node files that ComfyUI's own log
-says failed to import (``IMPORT FAILED``, ``Cannot import ... module for custom nodes``).
+The controller reads the workflows (module_utils/expectations.py writes the result into the
+image's expectations); ComfyUI's log is read by module_utils/comfy_log.py.
 """
 
 from __future__ import annotations
@@ -19,11 +20,22 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+# Node types the frontend draws but the server has no class for (ComfyUI's own, and the
+# virtual nodes of rgthree-comfy and KJNodes: ``isVirtualNode`` in their web code).
 FRONTEND_ONLY = frozenset(
-    {"Reroute", "Note", "MarkdownNote", "PrimitiveNode", "Group", "Label (rgthree)",
-     "Fast Groups Muter (rgthree)", "Fast Groups Bypasser (rgthree)", "Display Any (rgthree)"}
+    {"Reroute", "Note", "MarkdownNote", "PrimitiveNode", "Group", "SetNode", "GetNode",
+     *(f"{name} (rgthree)" for name in (
+         "Reroute", "Label", "Bookmark", "Fast Muter", "Fast Bypasser", "Fast Groups Muter",
+         "Fast Groups Bypasser", "Fast Actions Button", "Mute / Bypass Relay",
+         "Mute / Bypass Repeater", "Random Unmuter", "Node Collector"))}
 )  # fmt: skip
 MODEL_EXTENSIONS = (".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft", ".gguf")
+
+
+class WorkflowError(ValueError):
+    """A workflow file that cannot be read (the message names it and the fix)."""
+
+
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
@@ -46,8 +58,9 @@ def _ui_nodes(data: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return nodes
 
 
-def nodes_of(data: Mapping[str, Any]) -> list[tuple[str, Any]]:
-    """(class, its inputs/widget values) for every node of a workflow, either format."""
+def nodes_of(data: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
+    """(node id, class, its inputs/widget values) for every node of a workflow, either format
+    (a UI workflow's subgraph nodes included; the subgraph instances themselves left out)."""
     if isinstance(data.get("nodes"), list):
         subgraphs = {
             s.get("id")
@@ -59,35 +72,50 @@ def nodes_of(data: Mapping[str, Any]) -> list[tuple[str, Any]]:
             kind = str(node.get("type", ""))
             if kind in subgraphs or _UUID_RE.match(kind):
                 continue  # a subgraph instance: its inner nodes are listed on their own
-            out.append((kind, node.get("widgets_values")))
+            out.append((str(node.get("id", "?")), kind, node.get("widgets_values")))
         return out
     return [
-        (str(node["class_type"]), node.get("inputs"))
-        for node in data.values()
+        (str(key), str(node["class_type"]), node.get("inputs"))
+        for key, node in data.items()
         if isinstance(node, Mapping) and "class_type" in node
     ]
 
 
 def node_classes(data: Mapping[str, Any]) -> list[str]:
     """Server node classes a workflow uses (frontend-only types left out), sorted."""
-    return sorted({kind for kind, _ in nodes_of(data) if kind and kind not in FRONTEND_ONLY})
+    return sorted({kind for _, kind, _ in nodes_of(data) if kind and kind not in FRONTEND_ONLY})
 
 
-def model_files(data: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """(node class, file name) for every model file a workflow names, in order."""
+def model_files(data: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(node id, node class, file name) for every model file a workflow names, in order
+    (frontend-only nodes left out: a note's text is no model)."""
     found = []
-    for kind, values in nodes_of(data):
+    for key, kind, values in nodes_of(data):
+        if kind in FRONTEND_ONLY:
+            continue
         for text in _strings(values):
-            if text.lower().endswith(MODEL_EXTENSIONS) and "\n" not in text:
-                found.append((kind, text.replace("\\", "/")))
+            text = text.strip()
+            if text.lower().endswith(MODEL_EXTENSIONS) and "\n" not in text and " " not in text:
+                found.append((key, kind, text.replace("\\", "/")))
     return found
 
 
 def workflow_needs(folder: Path) -> dict[str, dict[str, Any]]:
-    """``{file: {"classes": [...], "models": [[class, name], ...]}}`` for ``folder/*.json``."""
+    """``{file: {"classes": [...], "models": [[node id, class, name], ...]}}`` for
+    ``folder/*.json``; a file that is no JSON object raises WorkflowError naming it."""
     out = {}
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as err:
+            raise WorkflowError(
+                f"{path}: not a workflow: {err}. Fix: save it from ComfyUI again"
+            ) from None
+        if not isinstance(data, Mapping):
+            raise WorkflowError(
+                f"{path}: not a workflow (a JSON {type(data).__name__}, not an object). "
+                "Fix: save it from ComfyUI (Workflow > Save, or Export (API))"
+            )
         out[path.name] = {
             "classes": node_classes(data),
             "models": [list(item) for item in model_files(data)],
@@ -95,51 +123,22 @@ def workflow_needs(folder: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def missing_models(needs: Mapping[str, Mapping[str, Any]], manifest_names: set[str]) -> list[str]:
-    """Each model a workflow names that the models manifest does not provide, with where."""
+def provided(dests: Iterable[str]) -> set[str]:
+    """The names ComfyUI's loaders list for manifest destinations (``folder/sub/name``): the
+    path under the model folder (``sub/name``), as a workflow names it."""
+    return {dest.split("/", 1)[1] for dest in dests if "/" in dest}
+
+
+def missing_models(needs: Mapping[str, Mapping[str, Any]], names: set[str]) -> list[str]:
+    """Each model a workflow names that the models manifest does not provide (``names``: from
+    ``provided``), naming the workflow, the node and the file, with the fix."""
     missing = []
     for workflow, need in needs.items():
-        for kind, name in need["models"]:
-            if name not in manifest_names and name.rsplit("/", 1)[-1] not in manifest_names:
+        for key, kind, name in need["models"]:
+            if name not in names:
                 missing.append(
-                    f"{workflow}: {kind} names {name}, which models_manifest.txt does not "
-                    f"provide. Fix: add a line for {name} to the template's models_manifest.txt"
+                    f"{workflow}: node {key} ({kind}) names {name}, which models_manifest.txt "
+                    f"does not provide. Fix: add a line for {name} to the template's "
+                    "models_manifest.txt, or correct the name in the workflow"
                 )
     return missing
-
-
-_CUSTOM_FAILED_RE = re.compile(r"\(IMPORT FAILED\):\s*(\S.*?)\s*$")
-_BUILTIN_FAILED_RE = re.compile(r"^\s*IMPORT FAILED:\s*(\S.*?)\s*$")
-_CANNOT_RE = re.compile(r"Cannot import (\S+) module for custom nodes: (.*)$")
-_LOADED_RE = re.compile(r"^\s*\d+\.\d+ seconds(?: \(IMPORT FAILED\))?:\s*(\S.*?)\s*$")
-
-
-def comfy_log_failures(log: str) -> dict[str, str]:
-    """``{path or file: the error ComfyUI gave}`` for every node that failed to import."""
-    failures: dict[str, str] = {}
-    errors: dict[str, str] = {}
-    lines = log.splitlines()
-    for line in lines:
-        cannot = _CANNOT_RE.search(line)
-        if cannot:
-            errors[cannot.group(1)] = cannot.group(2).strip()
-            failures.setdefault(cannot.group(1), cannot.group(2).strip())
-            continue
-        custom = _CUSTOM_FAILED_RE.search(line)
-        if custom:
-            path = custom.group(1)
-            failures[path] = errors.get(path) or failures.get(path) or "IMPORT FAILED"
-            continue
-        builtin = _BUILTIN_FAILED_RE.match(line)
-        if builtin:
-            name = builtin.group(1)
-            why = [e for path, e in errors.items() if path.rsplit("/", 1)[-1] == name]
-            for path in [p for p in failures if p.rsplit("/", 1)[-1] == name and p != name]:
-                del failures[path]  # named once, by ComfyUI's own summary line
-            failures[name] = why[-1] if why else "IMPORT FAILED"
-    return failures
-
-
-def comfy_log_loaded(log: str) -> set[str]:
-    """Paths ComfyUI listed in its ``Import times for custom nodes`` block (loaded or not)."""
-    return {m.group(1) for line in log.splitlines() if (m := _LOADED_RE.match(line))}
