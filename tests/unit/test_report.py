@@ -309,13 +309,21 @@ def test_only_images_on_purpose_left_out_keep_the_run_ok():
     assert summary(rows(nodes, {}, {}, {}))["ok"] is True
 
 
-def test_a_failed_verification_carries_pytests_failed_lines_as_its_cause():
+def test_a_failed_verification_carries_each_failed_tests_message_as_its_cause():
+    """image_verify's ``causes``: conftest.py's ``<test>: <first line>`` then the next lines
+    indented (one per failing pack); each reaches the final message as ``<image>| <line>``."""
     build, verify, push = results()
     verify["big-cpu"]["causes"] = [
-        "FAILED test_image.py::test_comfyui_quick_test_loads_every_node - AssertionError: "
-        "ComfyUI could not import: /opt/ComfyUI/custom_nodes/bad: No module named 'x'"
+        "test_comfyui_quick_test_loads_every_node: ComfyUI could not import 2:",
+        "    /opt/ComfyUI/custom_nodes/bad: ModuleNotFoundError: No module named 'x'; at "
+        "/opt/ComfyUI/custom_nodes/bad/__init__.py:1: import x",
+        "    comfy_extras/nodes_audio.py: ModuleNotFoundError: No module named 'torchaudio'",
     ]
     report = rows(plan_nodes(), build, verify, push)
     said = failures(report)
     assert said[0].startswith("big-cpu: verification failed")
-    assert "custom_nodes/bad: No module named 'x'" in said[1], said
+    assert said[1] == "  big-cpu| " + verify["big-cpu"]["causes"][0]
+    assert "custom_nodes/bad: ModuleNotFoundError: No module named 'x'" in said[2], said
+    assert "comfy_extras/nodes_audio.py" in said[3] and said[4].startswith("sd-h100:"), said
+    row = next(r for r in report if r.node == "big-cpu")
+    assert row.cause == verify["big-cpu"]["causes"]  # report.json's cause: the same lines
