@@ -83,7 +83,7 @@ def quick_test(host, expect):
     then exit. (testinfra's ``host`` is module-scoped, so this is too.)"""
     run = host.run(
         _as_user(expect, "timeout 300 RUN_AS_USER PYTHON main.py --cpu --quick-test-for-ci")
-        + " 2>&1"
+        + ' 2>&1; rc=$?; rm -rf "$d"; exit $rc'
     )
     return run.rc, run.stdout + run.stderr
 
@@ -158,7 +158,7 @@ def test_workflow_nodes_are_in_object_info(host, expect, comfy_log):
         "while kill -0 $pid 2>/dev/null && [ $j -lt 20 ]; do sleep 0.5; j=$((j+1)); done; "
         "kill -KILL $pid 2>/dev/null; "
         f'if [ $ok = 1 ]; then cat "$d/info.json"; fi; echo; echo "{LOG_MARK}"; '
-        'tail -n 400 "$d/server.log"'
+        'tail -n 400 "$d/server.log"; rm -rf "$d"'
     )
     info, _, log = run.stdout.partition(LOG_MARK)
     failed = "".join(f"\n  {line}" for line in comfy_log.describe(comfy_log.failures(log)))
