@@ -118,7 +118,10 @@ def main() -> None:
         make_wheel(wheels, "torch", "2.13.0", ("filelock",))
         comfy = make_repo(work / "comfyui", "torch\nnumpy\nsafetensors\naiohttp\n")
         manager = make_repo(work / "manager", "rich\ntoml\n")
-        gpu = {"cuda": "12.8", "torch": "2.8.0", "torch_wheelhouse": str(wheels)}
+        # torch alone: the stand-in wheelhouse has no torchvision/torchaudio (the family's
+        # other members are left out on purpose, `none`)
+        alone = {"torchvision": "none", "torchaudio": "none"}
+        gpu = {"cuda": "12.8", "torch": "2.8.0", "torch_wheelhouse": str(wheels), **alone}
         config = load_config(
             {
                 "registry": f"{listen}/bench",
@@ -127,7 +130,12 @@ def main() -> None:
                     "rtx4090": {**gpu, "torch_cuda_arch_list": "8.9"},
                     "rtx5090": {**gpu, "torch_cuda_arch_list": "12.0"},
                     "h100": {**gpu, "torch_cuda_arch_list": "9.0"},
-                    "cpu": {"cuda": "cpu", "torch": "2.13.0", "torch_wheelhouse": str(wheels)},
+                    "cpu": {
+                        "cuda": "cpu",
+                        "torch": "2.13.0",
+                        "torch_wheelhouse": str(wheels),
+                        **alone,
+                    },
                 },
                 "package_layers": LAYERS,
                 "comfyui": {"repo": f"file://{work / 'comfyui'}", "ref": comfy},
