@@ -66,8 +66,10 @@ def _as_user(expect, command: str) -> str:
     user = expect.get("user", "comfy")
     comfy, py = expect.get("comfyui_dir", COMFY), expect.get("python_bin", PY)
     return (
-        f'd=$(mktemp -d /tmp/aiclipse-verify.XXXXXX) && chmod 0755 "$d" && cd {comfy} && '
-        f'if [ "$(id -u)" = 0 ]; then chown "{user}:" "$d" && '
+        # ComfyUI refuses a --user-directory that does not exist: made here, as start.sh does
+        f'd=$(mktemp -d /tmp/aiclipse-verify.XXXXXX) && chmod 0755 "$d" && '
+        f'mkdir -p "$d/output" "$d/input" "$d/user" && cd {comfy} && '
+        f'if [ "$(id -u)" = 0 ]; then chown -R "{user}:" "$d" && '
         f'set -- env HOME="$(getent passwd {user} | cut -d: -f6)" USER={user} LOGNAME={user} '
         f'setpriv --reuid="$(id -u {user})" --regid="$(id -g {user})" --init-groups --; '
         "else set --; fi; "
