@@ -47,7 +47,7 @@ def test_compiled_arches_serve_the_target(host, expect, serves):
     # get_arch_list() answers [] where no GPU is visible (torch 2.11); the flags it reads
     # are compiled in and answer on a CPU builder too
     code = (
-        "import torch; f = getattr(torch._C, '_cuda_getArchFlags', None);"
+        'import torch; f = getattr(torch._C, "_cuda_getArchFlags", None);'
         " print(chr(59).join(f().split() if f else torch.cuda.get_arch_list()))"
     )
     out = host.check_output(f"{PY} -c '{code}'")
