@@ -47,7 +47,14 @@ def plan_vars(stack, sources, tmp: Path) -> dict:
         "comfyui": sources["comfyui"],
         "manager": sources["manager"],
         "gpu_targets": {
-            "cpu": {"cuda": "cpu", "torch": "2.13.0", "torch_wheelhouse": sources["wheels"]}
+            # torch alone: this wheelhouse holds no torchvision (the family's others left out)
+            "cpu": {
+                "cuda": "cpu",
+                "torch": "2.13.0",
+                "torch_wheelhouse": sources["wheels"],
+                "torchvision": "none",
+                "torchaudio": "none",
+            }
         },
         "package_layers": [{"name": "essentials", "specs": ["pyyaml"]}],
         "package_layers_exclude": [],
