@@ -20,7 +20,6 @@ import json
 import random
 import re
 import shutil
-import subprocess
 import sys
 import tarfile
 import urllib.error
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import pytest
 from gitserver import GitServer, make_comfy_sources
-from helpers import REPO, free_port, playbook
+from helpers import REPO, docker, free_port, playbook
 from wheels import make_torch_standin, make_wheel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "runtime"))
@@ -40,15 +39,6 @@ import harness
 NODES = ("base-common", "base-cpu", "tiny-cpu")
 CANARY = f"aiclipse-canary-ca-{uuid.uuid4().hex}"
 ROW = re.compile(r"^\s*-?\s*\"?(built|cached|failed|skipped|planned)\s+(\S+)", re.M)
-
-
-def docker(*args: str, check: bool = True, timeout: float = 600) -> str:
-    done = subprocess.run(
-        ["docker", *args], capture_output=True, text=True, timeout=timeout, check=False
-    )
-    if check:
-        assert done.returncode == 0, f"docker {' '.join(args[:4])}: {done.stderr[-3000:]}"
-    return done.stdout
 
 
 def statuses(output: str) -> dict[str, str]:
