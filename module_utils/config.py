@@ -58,6 +58,19 @@ class ConfigError(ValueError):
         super().__init__(f"{where}: {what}. Fix: {fix}")
 
 
+class ConfigErrors(ConfigError):
+    """Several configuration values are wrong: every one, one a line (``errors``)."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        self.errors = errors
+        first = errors[0]
+        super().__init__(first.where, first.what, first.fix)
+        self.args = ("\n".join(str(e) for e in errors),)
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
 @dataclass(frozen=True)
 class OsBase:
     """Where the OS base comes from: a pulled ``image`` or a ``debootstrap`` build."""
@@ -494,38 +507,55 @@ def _load_layers(value: Any) -> tuple[PackageLayer, ...]:
     layers: list[PackageLayer] = []
     seen_layer: dict[str, int] = {}
     owner: dict[str, str] = {}
+    errors: list[ConfigError] = []  # every spec problem at once (one round of edits)
     for i, item in enumerate(value):
         where = f"package_layers[{i}]"
         data = _mapping(item, where)
         _check_keys(data, where, ("name", "specs"), ("name", "specs"))
         name = _name(data["name"], f"{where}.name")
         if name in seen_layer:
-            raise ConfigError(
-                f"{where}.name",
-                f"layer {name!r} is already package_layers[{seen_layer[name]}]",
-                "give each layer a unique name",
+            errors.append(
+                ConfigError(
+                    f"{where}.name",
+                    f"layer {name!r} is already package_layers[{seen_layer[name]}]",
+                    "give each layer a unique name",
+                )
             )
-        seen_layer[name] = i
+        seen_layer.setdefault(name, i)
         specs = _string_list(data["specs"], f"{where}.specs", "numpy<2")
         if not specs:
-            raise ConfigError(f"{where}.specs", "is empty", "list at least one requirement")
+            errors.append(
+                ConfigError(
+                    f"{where}.specs", f"is empty (layer {name})", "list at least one requirement"
+                )
+            )
         for j, spec in enumerate(specs):
             at = f"{where}.specs[{j}]"
             try:
                 req = Requirement(spec)
             except InvalidRequirement as exc:
-                raise ConfigError(
-                    at, f"{spec!r} is not a pip requirement ({exc})", "e.g. 'numpy>=1.26,<2'"
-                ) from exc
+                errors.append(
+                    ConfigError(
+                        at, f"{spec!r} is not a pip requirement ({exc})", "e.g. 'numpy>=1.26,<2'"
+                    )
+                )
+                continue
             key = canonicalize_name(req.name)
             if key in owner:
-                raise ConfigError(
-                    at,
-                    f"{req.name} is already requested by {owner[key]}",
-                    "request each distribution in one layer only (the first that needs it)",
+                errors.append(
+                    ConfigError(
+                        at,
+                        f"{req.name} (layer {name}) is already requested by {owner[key]}",
+                        "request each distribution in one layer only (the first that needs it)",
+                    )
                 )
-            owner[key] = at
+                continue
+            owner[key] = f"{at} (layer {name}: {spec!r})"
         layers.append(PackageLayer(name=name, specs=specs))
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise ConfigErrors(errors)
     return tuple(layers)
 
 

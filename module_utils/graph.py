@@ -31,15 +31,20 @@ from ansible.module_utils.gitsource import (
     require_commit,
     requirement_lines,
 )
-from ansible.module_utils.gpu_matrix import config_matrix, validate_target
+from ansible.module_utils.gpu_matrix import IncompatibleTarget, config_matrix, validate_target
 from ansible.module_utils.hashing import file_sha256, node_hash, short, tree_entries
 from ansible.module_utils.package_layers import (
     Layer,
+    Resolution,
+    ResolvedDist,
     ResolveError,
     ResolveOptions,
     apply_overrides,
     assign_layers,
+    collision_problems,
     constraints_text,
+    find_collisions,
+    override_conflicts,
     resolve,
 )
 from ansible.module_utils.templates import Template, select_targets
@@ -55,6 +60,9 @@ from ansible.module_utils.torch_family import (
     requires_from_report,
     split_family_lines,
 )
+from ansible.module_utils.wheel_records import dist_records
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 IMAGE = "comfyui"
 APT_PACKAGES = (
@@ -295,9 +303,22 @@ def _report_requires(settings: Settings, resolution: Any) -> dict[str, tuple[str
         return {}
 
 
-def _check_overrides(config: Config, family: TorchFamily) -> None:
+class PlanProblems(PlanError):
+    """Every problem the plan found, reported at once (one a line); ``original`` is the
+    exception itself where there was only one."""
+
+    def __init__(self, problems: Sequence[str], original: Exception | None = None) -> None:
+        self.problems = list(problems)
+        self.original = original
+        count = len(self.problems)
+        head = "" if count == 1 else f"the plan has {count} problems:\n"
+        super().__init__(head + "\n".join(f"- {p}" if count > 1 else p for p in self.problems))
+
+
+def _override_problems(config: Config, family: TorchFamily) -> list[str]:
     """package_layers_exclude/_replace must leave the family whole (it is pinned everywhere)."""
     replace = config.replace_map
+    problems = []
     for name in family.names:
         key = (
             "package_layers_exclude"
@@ -307,12 +328,62 @@ def _check_overrides(config: Config, family: TorchFamily) -> None:
             else ""
         )
         if key:
-            raise PlanError(
+            problems.append(
                 f"{key} names {name}, a member of gpu_targets.{family.target}'s torch family "
                 f"({', '.join(family.specs())}). Fix: drop {name} from {key}; to leave a member "
                 f"out set gpu_targets.{family.target}.{name}: none (torchvision, torchaudio) "
                 "or remove it from torch_extra"
             )
+    return problems
+
+
+def layer_labels(config: Config, target: GpuTarget, template: Template | None = None) -> dict:
+    """Layer name -> where people configure it, for messages."""
+    labels = {
+        "torch": f"gpu_targets.{target.name} (its torch family)",
+        "comfyui": "ComfyUI's requirements (comfyui.ref)",
+    }
+    for index, layer in enumerate(config.package_layers):
+        labels[layer.name] = f"package_layers[{index}] ({layer.name})"
+    if template is not None:
+        labels[template_layer_name(template)] = f"{template.path}/template.yml extra_packages"
+    return labels
+
+
+def template_layer_name(template: Template) -> str:
+    return f"template-{template.name}"
+
+
+def _without(
+    layer_specs: Sequence[tuple[str, Sequence[str]]], exclude: Sequence[str], replace: Any
+) -> list[tuple[str, list[str]]]:
+    """The layers without the specs an exclusion or replacement removes (already reported),
+    so the checks after the resolver still run in the same round."""
+    removed = set(exclude) | set(replace)
+    return [
+        (name, [s for s in specs if canonicalize_name(Requirement(s).name) not in removed])
+        for name, specs in layer_specs
+    ]
+
+
+def _collisions(
+    settings: Settings,
+    resolution: Resolution,
+    layer_specs: Sequence[tuple[str, Sequence[str]]],
+    labels: Mapping[str, str],
+    records_from: Sequence[ResolvedDist] = (),
+) -> list[str]:
+    """Distributions of ``resolution`` (and ``records_from``: a parent's) that write the same
+    files, each with the line of configuration that settles it."""
+    dists = {d.name: d for d in (*records_from, *resolution.dists)}
+    records = dist_records(
+        dists.values(),
+        settings.cache_dir / "records",
+        settings.resolve_options.cert,
+        settings.source_timeout,
+    )
+    collisions = find_collisions(records)
+    return collision_problems(collisions, resolution, layer_specs, records, labels)
 
 
 def target_layers(
@@ -326,16 +397,28 @@ def target_layers(
     """Resolve the torch family, ComfyUI's requirements and the configured layers once; assign
     them. The family (``torch_family.family_for``; without it, what the target names) is
     the torch layer and the resolution's constraints; a resolution that mixes the family's
-    build variants raises ``torch_family.MixedFamily`` before anything is built."""
+    build variants raises ``torch_family.MixedFamily`` before anything is built.
+
+    Every problem is collected and raised at once (``PlanProblems``): those found before the
+    resolver (overrides that contradict a spec or the family) and those after it (files
+    written twice, a mixed family)."""
     family = family or from_target(target)
-    _check_overrides(config, family)
+    problems = _override_problems(config, family)
     layer_specs: list[tuple[str, Sequence[str]]] = [("torch", _torch_specs(family))]
     if comfy_specs:
         layer_specs.append(("comfyui", comfy_specs))
     layer_specs += [(layer.name, layer.specs) for layer in config.package_layers]
     if extra and extra[1]:
         layer_specs.append(extra)
-    replace = config.replace_map
+    # a family member named by an override is reported above; the rest of the checks run
+    # without that override
+    replace = {k: v for k, v in config.replace_map.items() if k not in family.names}
+    exclude = tuple(n for n in config.package_layers_exclude if n not in family.names)
+    labels = layer_labels(config, target)
+    conflicts = override_conflicts(layer_specs, exclude, replace, labels)
+    problems += conflicts
+    if conflicts:
+        layer_specs = _without(layer_specs, exclude, replace)
     resolution = resolve(
         layer_specs,
         settings.python_version,
@@ -345,9 +428,39 @@ def target_layers(
         cache_dir=settings.cache_dir / "resolutions",
         extra_specs=sorted(set(replace.values())),
     )
-    resolution = apply_overrides(resolution, layer_specs, config.package_layers_exclude, replace)
-    check_resolution(family, resolution, _report_requires(settings, resolution))
-    return _with_local_hashes(assign_layers(layer_specs, resolution))
+    resolution = apply_overrides(resolution, layer_specs, exclude, replace, labels)
+    original: Exception | None = None
+    try:
+        check_resolution(family, resolution, _report_requires(settings, resolution))
+    except IncompatibleTarget as err:
+        problems.append(str(err))
+        original = err
+    layers = _with_local_hashes(assign_layers(layer_specs, resolution, labels=labels))
+    resolution = dataclasses.replace(
+        resolution, dists=tuple(d for layer in layers for d in layer.dists)
+    )
+    problems += _collisions(settings, resolution, layer_specs, labels)
+    if problems:
+        raise PlanProblems(problems, original if len(problems) == 1 else None)
+    return layers
+
+
+def _for_target(target: str, problem: str) -> str:
+    return problem if problem.startswith(f"{target}: ") else f"{target}: {problem}"
+
+
+def empty_layer_notes(target: str, layers: Sequence[Layer], labels: Mapping[str, str]) -> list:
+    """A layer whose every distribution came in an earlier one builds no stage: say so."""
+    notes = []
+    for index, layer in enumerate(layers):
+        if layer.dists or layer.name == "torch":
+            continue
+        earlier = ", ".join(item.name for item in layers[:index] if item.dists)
+        notes.append(
+            f"{target}: {labels.get(layer.name, layer.name)} is empty: every distribution it "
+            f"needs is installed by an earlier layer ({earlier}); it builds no stage"
+        )
+    return notes
 
 
 def _cuda_sizes(layers: Sequence[Layer]) -> dict[str, int]:
@@ -652,6 +765,8 @@ def make_plan(
         validate_target(config.target(target_name), matrix)
         families[target_name] = family_for(config.target(target_name), matrix)
     notes: list[str] = []
+    problems: list[str] = []  # every refusal of the plan, reported at once at its end
+    originals: list[Exception | None] = []
 
     os_base = Node(
         "os-base", "os-base", None, 0, hash=node_hash({"ref": settings.os_base_ref}, None)
@@ -702,6 +817,7 @@ def make_plan(
                 base.torch_family = family_pins(family, layers)
                 notes += family_notes(target, family, layers, _cuda_sizes(layers))
                 notes += dropped_line_notes(family, family_lines, base.torch_family)
+                notes += empty_layer_notes(target.name, layers, layer_labels(config, target))
                 overrides = {
                     "exclude": sorted(config.package_layers_exclude),
                     "replace": dict(sorted(config.replace_map.items())),
@@ -711,6 +827,10 @@ def make_plan(
                 )
             except ResolveError as err:
                 base.status, base.reason = "skipped", f"package layers: {err}"
+            except PlanProblems as err:
+                problems += [_for_target(target.name, p) for p in err.problems]
+                originals.append(err.original)
+                base.status, base.reason = "skipped", "refused (see the plan's problems)"
         for template in wanted[target_name]:
             node = Node(
                 f"{template.name}-{target.name}",
@@ -729,6 +849,10 @@ def make_plan(
             else:
                 render_template(env, build / node.name, template, target)
 
+    if problems:
+        if len(problems) == 1 and originals and originals[0] is not None:
+            raise originals[0]
+        raise PlanProblems(problems)
     for node in nodes[1:]:
         if node.status == "skipped":
             continue

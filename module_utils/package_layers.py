@@ -19,6 +19,7 @@ the host's. Formats: ``docs/formats.md``.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -81,6 +82,9 @@ class ResolvedDist:
     url: str = ""
     sha256: str | None = None
     direct_url: bool = False
+    # "sdist": no wheel for the target; url/sha256 are the sdist's, built in the image's
+    # sdist stage (module_utils/sdists.py)
+    build: str = ""
 
     @property
     def pin(self) -> str:
@@ -669,6 +673,7 @@ def assign_layers(
     layer_specs: Iterable[Any],
     resolved: Resolution | Mapping[str, ResolvedDist],
     env: Mapping[str, str] | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> list[Layer]:
     """Give every resolved distribution to the first layer whose closure needs it.
 
@@ -687,8 +692,8 @@ def assign_layers(
         )
     assigned: set[str] = set()
     layers: list[Layer] = []
-    for index, (name, specs) in enumerate(_layer_pairs(layer_specs)):
-        needed = closure(specs, graph, env, f"package_layers[{index}] ({name})")
+    for name, specs in _layer_pairs(layer_specs):
+        needed = closure(specs, graph, env, _layer_label(name, labels))
         new = sorted(needed - assigned)
         assigned.update(new)
         layers.append(Layer(name=name, dists=tuple(graph[n] for n in new)))
@@ -710,11 +715,47 @@ def constraints_text(layers: Iterable[Layer]) -> str:
     return "".join(f"{pin}\n" for _, pin in pins)
 
 
+def _layer_label(name: str, labels: Mapping[str, str] | None) -> str:
+    return (labels or {}).get(name, f"layer {name}")
+
+
+def override_conflicts(
+    layer_specs: Iterable[Any],
+    exclude: Iterable[str] = (),
+    replace: Mapping[str, str] | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Every layer spec that requests a distribution ``package_layers_exclude`` or
+    ``package_layers_replace`` removes, one message each, the layer named by its label
+    (``labels``: layer name -> where it is configured, e.g. ``package_layers[0] (essentials)``).
+    Checked before anything resolves."""
+    replace = {canonicalize_name(k): canonicalize_name(v) for k, v in (replace or {}).items()}
+    excluded = {canonicalize_name(name) for name in exclude}
+    problems = []
+    for name, specs in _layer_pairs(layer_specs):
+        label = _layer_label(name, labels)
+        for j, spec in enumerate(specs):
+            req_name = canonicalize_name(_requirement(spec, label).name)
+            if req_name in excluded:
+                problems.append(
+                    f"{label}.specs[{j}]: requests {spec!r}, which package_layers_exclude "
+                    f"removes. Fix: drop {req_name} from package_layers_exclude or from the specs"
+                )
+            elif req_name in replace:
+                problems.append(
+                    f"{label}.specs[{j}]: requests {spec!r}, which package_layers_replace "
+                    f"serves with {replace[req_name]}. Fix: request {replace[req_name]} there "
+                    f"instead, or drop {req_name} from package_layers_replace"
+                )
+    return problems
+
+
 def apply_overrides(
     resolved: Resolution,
     layer_specs: Iterable[Any],
     exclude: Iterable[str] = (),
     replace: Mapping[str, str] | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> Resolution:
     """Remove excluded distributions, point requirements of replaced ones at the replacement,
     and drop what no layer needs any more. Replacements must be resolved (``extra_specs``)."""
@@ -722,15 +763,9 @@ def apply_overrides(
     excluded = {canonicalize_name(name) for name in exclude}
     removed = excluded | set(replace)
     pairs = _layer_pairs(layer_specs)
-    for index, (name, specs) in enumerate(pairs):
-        for j, spec in enumerate(specs):
-            req_name = canonicalize_name(_requirement(spec, f"package_layers[{index}]").name)
-            if req_name in removed:
-                key = "package_layers_exclude" if req_name in excluded else "package_layers_replace"
-                raise LayerError(
-                    f"package_layers[{index}].specs[{j}] ({name}): requests {req_name}, which "
-                    f"{key} removes. Fix: drop one of the two"
-                )
+    conflicts = override_conflicts(pairs, excluded, replace, labels)
+    if conflicts:
+        raise LayerError("\n".join(conflicts))
     graph = resolved.by_name()
     missing = sorted({new for new in replace.values() if new not in graph})
     if missing:
@@ -749,9 +784,7 @@ def apply_overrides(
             if dep.name in replace:
                 dep = Dep(replace[dep.name], (), dep.when_extra)
             deps.add(dep)
-        rewritten[dist.name] = ResolvedDist(
-            dist.name, dist.version, tuple(sorted(deps)), dist.url, dist.sha256, dist.direct_url
-        )
+        rewritten[dist.name] = dataclasses.replace(dist, deps=tuple(sorted(deps)))
     env = dict(resolved.environment)
     if not env:
         raise ValueError(
@@ -759,8 +792,8 @@ def apply_overrides(
             "resolve() or parse_report(report, target_environment(...))"
         )
     needed: set[str] = set()
-    for index, (name, specs) in enumerate(pairs):
-        needed |= closure(specs, rewritten, env, f"package_layers[{index}] ({name})")
+    for name, specs in pairs:
+        needed |= closure(specs, rewritten, env, _layer_label(name, labels))
     return Resolution(
         dists=tuple(rewritten[n] for n in sorted(needed)),
         environment=resolved.environment,
@@ -859,3 +892,73 @@ def check_collisions(
         f"Fix: keep one of each group, e.g. package_layers_replace: {{{first[0]}: {first[-1]}}} "
         f"or package_layers_exclude: [{first[0]}]"
     )
+
+
+def _requested(layer_specs: Iterable[Any], labels: Mapping[str, str] | None) -> dict[str, str]:
+    """Distribution -> ``<layer label>.specs[j] ('spec')`` for every spec a layer names."""
+    out: dict[str, str] = {}
+    for name, specs in _layer_pairs(layer_specs):
+        label = _layer_label(name, labels)
+        for j, spec in enumerate(specs):
+            req = _requirement(spec, label)
+            out.setdefault(canonicalize_name(req.name), f"{label}.specs[{j}] ({spec!r})")
+    return out
+
+
+def collision_problems(
+    collisions: Sequence[Collision],
+    resolution: Resolution,
+    layer_specs: Iterable[Any],
+    records: Mapping[str, Iterable[str]],
+    labels: Mapping[str, str] | None = None,
+    sample: int = 5,
+) -> list[str]:
+    """One message per collision: who writes which files, why each is there, and the line of
+    configuration that settles it. The distribution kept is the one that writes every file the
+    others write (opencv-contrib-python-headless over opencv-python-headless: the contrib
+    build is the superset), else the one a layer names, else the first by name."""
+    pairs = _layer_pairs(layer_specs)
+    requested = _requested(pairs, labels)
+    required_by: dict[str, set[str]] = {}
+    for dist in resolution.dists:
+        for dep in dist.deps:
+            required_by.setdefault(dep.name, set()).add(dist.name)
+    problems = []
+    for collision in collisions:
+        files = {
+            name: {key for p in records.get(name, ()) if (key := install_path(p)) is not None}
+            for name in collision.dists
+        }
+        union = set().union(*files.values())
+        supersets = [n for n in collision.dists if files[n] >= union]
+        named = [n for n in collision.dists if n in requested]
+        keep = (supersets or named or list(collision.dists))[0]
+        if len(supersets) > 1 or (not supersets and len(named) > 1):
+            keep = sorted(supersets or named, key=lambda n: (n not in requested, n))[0]
+        why = []
+        for name in collision.dists:
+            whence = []
+            if name in requested:
+                whence.append(f"requested by {requested[name]}")
+            if required_by.get(name):
+                whence.append(f"required by {', '.join(sorted(required_by[name]))}")
+            why.append(f"{name} ({'; '.join(whence) or 'resolved'})")
+        fixes = []
+        for name in collision.dists:
+            if name == keep:
+                continue
+            steps = []
+            if name in requested:
+                steps.append(f"drop {requested[name]}")
+            if required_by.get(name) or name not in requested:
+                steps.append(f"add to package_layers_replace: `{name}: {keep}`")
+            fixes.append(" and ".join(steps))
+        reason = "it writes every file the others do" if keep in supersets else "a layer names it"
+        shown = ", ".join(collision.paths[:sample])
+        more = f", ... ({len(collision.paths)} files)" if len(collision.paths) > sample else ""
+        problems.append(
+            f"{', '.join(collision.dists)} write the same files: {', '.join(collision.top_levels)}"
+            f" ({shown}{more}). They come from: {'; '.join(why)}. Fix: keep {keep} ({reason}): "
+            f"{'; '.join(fixes)} (or list the others in package_layers_exclude)"
+        )
+    return problems

@@ -26,6 +26,7 @@ from ansible.module_utils.package_layers import (
     find_collisions,
     inputs_key,
     install_path,
+    override_conflicts,
     parse_record,
     parse_report,
     pip_arguments,
@@ -180,12 +181,14 @@ def test_spec_markers_use_the_target_environment() -> None:
 
 def test_assignment_errors_name_the_layer_and_fix() -> None:
     graph = graph_of(dist("a", "missing"))
-    with pytest.raises(
-        LayerError, match=r"package_layers\[0\] \(x\): a==1.0 requires missing.*Fix"
-    ):
+    with pytest.raises(LayerError, match=r"^layer x: a==1.0 requires missing.*Fix"):
         assign_layers([("x", ["a"])], graph, ENV)
-    with pytest.raises(LayerError, match=r"package_layers\[1\] \(y\): zzz is needed .* Fix"):
+    with pytest.raises(LayerError, match=r"^layer y: zzz is needed .* Fix"):
         assign_layers([("x", ["a"]), ("y", ["zzz"])], graph_of(dist("a")), ENV)
+    # layers are named by where they are configured, whatever layers come before them
+    labels = {"y": "package_layers[0] (y)"}
+    with pytest.raises(LayerError, match=r"^package_layers\[0\] \(y\): zzz is needed"):
+        assign_layers([("torch", ["a"]), ("y", ["zzz"])], graph_of(dist("a")), ENV, labels)
     with pytest.raises(ValueError, match="pass env=target_environment"):
         assign_layers([("x", ["a"])], graph_of(dist("a")))
 
@@ -314,8 +317,24 @@ def test_exclude_drops_the_distribution_and_what_only_it_needed() -> None:
 
 
 def test_override_errors_name_where_and_fix() -> None:
-    with pytest.raises(LayerError, match=r"package_layers\[0\].specs\[1\] \(x\).*exclude.*Fix"):
+    with pytest.raises(LayerError, match=r"^layer x.specs\[1\]: .*package_layers_exclude.*Fix"):
         apply_overrides(opencv_resolution(), [("x", ["numpy", "opencv-python"])], ["opencv-python"])
+    # every conflict at once, each layer named by its label, not by its position in the plan
+    layers_in = [
+        ("torch", ["numpy"]),
+        ("pak1", ["opencv-python"]),
+        ("pak3", ["insightface", "opencv-python-headless"]),
+    ]
+    labels = {"pak1": "package_layers[0] (pak1)", "pak3": "package_layers[2] (pak3)"}
+    problems = override_conflicts(
+        layers_in, ["opencv-python"], {"opencv-python-headless": "numpy"}, labels
+    )
+    assert [p.split(":")[0] for p in problems] == [
+        "package_layers[0] (pak1).specs[0]",
+        "package_layers[2] (pak3).specs[1]",
+    ]
+    assert "package_layers_exclude removes" in problems[0]
+    assert "serves with numpy. Fix: request numpy there instead" in problems[1]
     with pytest.raises(LayerError, match=r"opencv-contrib-python is not in the resolution.*Fix"):
         apply_overrides(
             opencv_resolution(),
