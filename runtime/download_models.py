@@ -3,19 +3,32 @@
 
 Runs at container start (start.sh) and by hand. Standard library plus aria2c.
 
-* A file is only ever at ``<dest>`` after it was verified: aria2c writes ``<dest>.part``;
-  after aria2c exits 0 the size, the content (no HTML/JSON error page, a consistent
-  ``.safetensors`` header) and the sha256 are checked, then the file is renamed.
+* A file is only ever at ``<dest>`` after it was verified: it is written to ``<dest>.part``;
+  after the transfer the size, the content (no HTML/JSON error page, a consistent
+  ``.safetensors`` header) and the sha256 are checked, then the file is renamed. Each file is
+  read once: aria2c checks a manifest sha256 itself (``--checksum``), our own client hashes
+  while it downloads, and only an aria2c download without a manifest sha256 is hashed after.
 * A sidecar ``.<name>.verified.json`` (size, mtime_ns, sha256) written after verification
   makes the next start skip the file without reading it; ``.part``/``.aria2`` resume.
 * Tokens (HF_TOKEN, CIVITAI_TOKEN) go only to their hosts, over https, chosen by the parsed
-  host; a URL that would get a token is resolved first (no redirect following) so aria2c
-  never gets a token and a redirecting URL together; aria2c reads URL and header from a
-  0600 input file, never argv. Logs mask every token value.
+  host. Every redirect is followed by our own client, hop by hop: a token only ever goes to
+  the manifest URL's own origin, https never downgrades to http, and a hop to any scheme
+  but http/https is refused. A transfer that needs a token is made by that client (aria2c
+  re-sends headers across redirects, so it never sees a token); aria2c downloads the
+  token-free URLs (presigned storage, public files), reading URL and options from a pipe,
+  with no token in its argv or environment, and with ftp/sftp (and plain http for an https
+  URL) routed to a closed port, so its own redirect following cannot leave http(s).
+* Deadlines: each request has a whole-request time limit (``--timeout``), a transfer slower
+  than ``--lowest-speed-kib`` for ``--speed-window`` seconds stops, and probes and transfers
+  run as one pipeline of ``--jobs`` files at a time, so one slow host delays only its files.
+  A body of unknown size stops at the manifest ``size=`` or the volume's reserve.
+* SIGTERM/SIGINT stop aria2c (which saves its ``.aria2`` state) and leave the ``.part``
+  files to resume; no file on disk ever holds a token.
 * ``<dest>.lock`` (flock) per destination: two containers on one volume never write the same
   ``.part``; the second waits and then finds the file verified.
 
-Exit status: 0 all present, 1 some failed, 2 usage or manifest error, 3 a token is needed.
+Exit status: 0 all present, 1 some failed, 2 usage or manifest error, 3 a token is needed,
+128+N stopped by signal N.
 """
 
 from __future__ import annotations
@@ -31,18 +44,19 @@ import json
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 try:
     import manifests
@@ -65,17 +79,22 @@ TOKEN_HOSTS_ENV = "AICLIPSE_TOKEN_HOSTS"
 USER_AGENT = "aiclipse-download/1"
 MAX_REDIRECTS = 10
 PROBE_BYTES = 1024
+CHUNK = 1024 * 1024
+SPACE_CHECK_EVERY = 8 * 1024 * 1024  # bytes between free-space checks of a growing .part
 SNIFF_JSON_MAX = 16 * 1024 * 1024
 SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024
 REDIRECTS = (301, 302, 303, 307, 308)
+SCHEMES = ("http", "https")
+PROXY_VARS = ("http_proxy", "https_proxy", "ftp_proxy", "all_proxy", "no_proxy")
 
 # aria2c exit status -> (meaning and fix, retry the file?, remove the .part?)
 ARIA2_EXIT: dict[int, tuple[str, bool, bool]] = {
-    1: ("aria2c failed with an unknown error", True, False),
+    1: ("aria2c failed", True, False),
     2: ("timed out", True, False),
     3: ("not found (404): check the URL", False, True),
     4: ("not found (404) too many times: check the URL", False, True),
-    5: ("download too slow (below the lowest speed limit)", True, False),
+    5: ("download too slow (below --lowest-speed-kib): check the network or the server", True,
+        False),
     6: ("network problem", True, False),
     7: ("aria2c was stopped before the download finished", False, False),
     8: ("server does not support resuming; starting over", True, True),
@@ -95,11 +114,16 @@ ARIA2_EXIT: dict[int, tuple[str, bool, bool]] = {
     28: ("aria2c rejected an option (bug in download_models.py)", False, False),
     29: ("server temporarily overloaded or in maintenance (503)", True, False),
     32: ("sha256 mismatch: the file differs from the manifest's sha256", False, True),
-}
+}  # fmt: skip
 
-# Counts whole-file hashes, so tests can prove a warm start reads nothing.
+# Counts whole-file hashes after a download, so tests can prove a warm start reads nothing.
 HASH_CALLS = 0
 _HASH_LOCK = threading.Lock()
+
+# Set by SIGTERM/SIGINT: no new try starts; the aria2c processes in CHILDREN are stopped.
+STOPPING = threading.Event()
+CHILDREN: set[subprocess.Popen] = set()
+_CHILDREN_LOCK = threading.Lock()
 
 
 # --------------------------------------------------------------------------------------------
@@ -350,35 +374,143 @@ def content_problem(path: Path, name: str) -> str | None:
 
 
 # --------------------------------------------------------------------------------------------
-# HTTP: resolve redirects (token-safe), sizes, backoff
+# HTTP: our own client (http/https only, a whole-request deadline, hop-by-hop redirects)
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        return None
+class DownloadError(Exception):
+    def __init__(
+        self,
+        message: str,
+        auth_needed: bool = False,
+        retry: bool = False,
+        headers=None,
+        discard: bool = False,
+    ):
+        super().__init__(message)
+        self.auth_needed = auth_needed
+        self.retry = retry  # a transient failure: another try may succeed
+        self.headers = headers  # the answer's headers (Retry-After), when there was one
+        self.discard = discard  # the .part cannot resume (or is wrong): remove it
 
 
-_OPENER = urllib.request.build_opener(_NoRedirect)
+class Stopped(Exception):
+    """SIGTERM/SIGINT arrived: stop, keep what can resume."""
+
+
+class _Watchdog:
+    """Shuts the sockets of one request down when its deadline passes (a whole-request
+    limit: a server that trickles one byte per socket timeout cannot hold it longer)."""
+
+    def __init__(self) -> None:
+        self._socks: list[socket.socket] = []
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+        self.fired = False
+
+    def attach(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._socks.append(sock)
+            if self.fired:
+                self._shutdown(sock)
+
+    def arm(self, seconds: float) -> None:
+        self.disarm()
+        self._timer = threading.Timer(max(0.0, seconds), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            for sock in self._socks:
+                self._shutdown(sock)
+
+    @staticmethod
+    def _shutdown(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+def _watched(base: type[http.client.HTTPConnection], watchdog: _Watchdog):
+    class Connection(base):  # type: ignore[misc, valid-type]
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            create = self._create_connection
+
+            def created(*a, **kw):
+                sock = create(*a, **kw)
+                watchdog.attach(sock)
+                return sock
+
+            self._create_connection = created
+
+    return Connection
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, watchdog: _Watchdog):
+        super().__init__()
+        self.watchdog = watchdog
+
+    def http_open(self, req):
+        return self.do_open(_watched(http.client.HTTPConnection, self.watchdog), req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, watchdog: _Watchdog):
+        super().__init__()
+        self.watchdog = watchdog
+
+    def https_open(self, req):
+        connection = _watched(http.client.HTTPSConnection, self.watchdog)
+        return self.do_open(connection, req, context=self._context)
+
+
+def opener(watchdog: _Watchdog) -> urllib.request.OpenerDirector:
+    """An opener that knows http and https only (no file:, ftp:, data:), follows no redirect
+    and raises for no status: every answer comes back to the caller."""
+    director = urllib.request.OpenerDirector()
+    for handler in (urllib.request.ProxyHandler(), _HTTPHandler(watchdog), _HTTPSHandler(watchdog)):
+        director.add_handler(handler)
+    return director
+
+
+def redact_url(url: str) -> str:
+    """The URL without user:password and with signed-query values hidden."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    return _SECRET_QUERY.sub(r"\1***", urlunsplit(parts._replace(netloc=netloc)))
+
+
+def check_hop(url: str, previous: str | None, hop: int) -> None:
+    """Refuse a hop to a scheme other than http/https, and an https -> http downgrade."""
+    scheme = urlsplit(url).scheme.lower()
+    where = f"redirect hop {hop} (from {redact_url(previous)})" if previous else "the URL"
+    if scheme not in SCHEMES:
+        raise DownloadError(
+            f"{where} goes to {redact_url(url)}: scheme '{scheme}:' refused, only http and "
+            "https are opened; fix the URL or report the server"
+        )
+    if previous and urlsplit(previous).scheme.lower() == "https" and scheme == "http":
+        raise DownloadError(
+            f"{where} goes to {redact_url(url)}: an https -> http downgrade is refused; "
+            "fix the URL or report the server"
+        )
 
 
 @dataclass(frozen=True)
 class Probe:
-    """Where aria2c should download from, and what the server told us."""
+    """Where the transfer starts, and what the server told us."""
 
     url: str
-    token: Token | None  # sent to ``url`` only: same origin as the manifest URL, no redirect
+    token: Token | None  # sent to ``url`` only: the manifest URL's own origin
     size: int | None
-    head: bytes
-    content_type: str
     ranges: bool = True  # the server answered our Range request with 206
-    at: float = field(default_factory=time.monotonic)
-
-
-class DownloadError(Exception):
-    def __init__(self, message: str, auth_needed: bool = False, retry: bool = False):
-        super().__init__(message)
-        self.auth_needed = auth_needed
-        self.retry = retry
 
 
 def retry_after(headers: Mapping[str, str] | None, default: float, cap: float) -> float:
@@ -401,6 +533,12 @@ def _origin(url: str) -> tuple[str, str, int | None]:
     return parts.scheme, (parts.hostname or "").lower(), parts.port
 
 
+def pause(seconds: float) -> None:
+    """Sleep, but wake for SIGTERM/SIGINT."""
+    if STOPPING.wait(seconds):
+        raise Stopped
+
+
 @dataclass(frozen=True)
 class Settings:
     models_dir: Path
@@ -411,10 +549,63 @@ class Settings:
     max_wait: float = 300.0
     connect_timeout: int = 30
     timeout: int = 60
+    lowest_speed: int = 10 * 1024  # bytes/s
+    speed_window: int = 60  # seconds
     connections: int = 4
     reserve: int = 100 * 1024 * 1024
     progress: bool = False
     aria2c: str = "aria2c"
+
+
+class Tries:
+    """One retry budget per file: every failed request or transfer (probe or aria2c or our
+    own client) spends one try; aria2c itself does not retry (``--max-tries=1``)."""
+
+    def __init__(self, settings: Settings, log: Log, label: str):
+        self.settings, self.log, self.label = settings, log, label
+        self.used = 0
+
+    def failed(self, err: DownloadError) -> None:
+        """Wait before the next try (Retry-After honoured), or raise when none is left."""
+        self.used += 1
+        s = self.settings
+        if not err.retry or self.used >= s.max_tries:
+            tail = f" (after {self.used} tries)" if err.retry else ""
+            raise DownloadError(f"{err}{tail}", auth_needed=err.auth_needed) from err
+        wait = retry_after(err.headers, s.retry_wait * 2 ** (self.used - 1), s.max_wait)
+        self.log(f"  {self.label}: {err}; retry in {wait:g}s (try {self.used} of {s.max_tries})")
+        pause(wait)
+
+
+_ARIA2_ERROR = re.compile(r"errorCode=\d+\s+(.*\S)")
+_ARIA2_REDIRECT = re.compile(r"Redirecting to (\S+)")
+_ARIA2_NOISE = ("If there are any errors", "(ERR):error occurred", "Download Results",
+                "gid   |stat|", "Status Legend", "(OK):", "(INPR):", "(ERR):")  # fmt: skip
+
+
+def aria2_error_line(lines: Sequence[str]) -> str | None:
+    """aria2c's own reason (its last ``errorCode=N reason`` line), not its footer."""
+    for line in reversed(lines):
+        found = _ARIA2_ERROR.search(line)
+        if found:
+            return found.group(1)
+    for line in reversed(lines):
+        if line.strip() and not line.lstrip().startswith(_ARIA2_NOISE) and "=====" not in line:
+            return line.strip()
+    return None
+
+
+_DEAD_PROXY: list[socket.socket] = []
+
+
+def dead_proxy() -> str:
+    """A loopback port bound but never listening: connecting to it is refused at once. aria2c
+    gets it as the proxy of every scheme it must not open after a redirect."""
+    if not _DEAD_PROXY:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        _DEAD_PROXY.append(sock)
+    return f"http://127.0.0.1:{_DEAD_PROXY[0].getsockname()[1]}"
 
 
 class Downloader:
@@ -428,80 +619,97 @@ class Downloader:
 
     # -- HTTP --------------------------------------------------------------------------------
 
-    def _request(self, url: str, token: Token | None) -> tuple[int, Mapping[str, str], bytes]:
-        """One GET of the first bytes, no redirect following; retries 429/5xx/network."""
-        headers = {"User-Agent": USER_AGENT, "Range": f"bytes=0-{PROBE_BYTES - 1}"}
+    def _get(self, url: str, token: Token | None, headers: Mapping[str, str], deadline: float):
+        """One GET, no redirect following; the watchdog stops it at ``deadline``."""
+        sent = {"User-Agent": USER_AGENT, **headers}
         if token and token.value:
-            headers["Authorization"] = f"Bearer {token.value}"
-        s = self.settings
-        for attempt in range(1, s.max_tries + 1):
-            backoff = s.retry_wait * 2 ** (attempt - 1)
-            request = urllib.request.Request(url, headers=headers, method="GET")
-            try:
-                with _OPENER.open(request, timeout=s.timeout) as response:
-                    return response.status, response.headers, response.read(PROBE_BYTES)
-            except urllib.error.HTTPError as err:
-                status, got = err.code, err.headers
-                body = err.read(512) if err.fp else b""
-                err.close()
-                if status == 429 or status >= 500:
-                    if attempt == s.max_tries:
-                        raise DownloadError(
-                            f"HTTP {status} from {urlsplit(url).hostname} after {attempt} tries"
-                        ) from err
-                    wait = retry_after(got, backoff, s.max_wait)
-                    self.log(f"  HTTP {status} from {urlsplit(url).hostname}; retry in {wait:g}s")
-                    time.sleep(wait)
-                    continue
-                return status, got, body
-            except (urllib.error.URLError, TimeoutError, OSError, http.client.HTTPException) as err:
-                reason = getattr(err, "reason", err)
-                if attempt == s.max_tries:
-                    raise DownloadError(f"cannot reach {urlsplit(url).hostname}: {reason}") from err
-                wait = min(backoff, s.max_wait)
-                self.log(f"  cannot reach {urlsplit(url).hostname} ({reason}); retry in {wait:g}s")
-                time.sleep(wait)
-        raise AssertionError("unreachable")
+            sent["Authorization"] = f"Bearer {token.value}"
+        watchdog = _Watchdog()
+        watchdog.arm(deadline - time.monotonic())
+        request = urllib.request.Request(url, headers=sent, method="GET")
+        host = urlsplit(url).hostname
+        try:
+            response = opener(watchdog).open(request, timeout=self.settings.timeout)
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
+            watchdog.disarm()
+            if watchdog.fired:
+                raise self._late(host) from err
+            reason = getattr(err, "reason", err)
+            raise DownloadError(f"cannot reach {host}: {reason}", retry=True) from err
+        return response, watchdog
+
+    def _late(self, host: str | None) -> DownloadError:
+        return DownloadError(
+            f"{host} sent no complete answer within {self.settings.timeout} s (--timeout, "
+            "the whole request); the server is too slow or stuck",
+            retry=True,
+        )
+
+    def follow(self, url: str, headers: Mapping[str, str], deadline: float):
+        """GET ``url``, following redirects ourselves: each hop is checked (http/https only, no
+        downgrade) and the token goes to the first URL's own origin only.
+        Returns (response, watchdog, final url, token sent there)."""
+        origin = _origin(url)
+        previous = None
+        for hop in range(MAX_REDIRECTS + 1):
+            check_hop(url, previous, hop)
+            token = token_for(url, self.rules, self.env) if _origin(url) == origin else None
+            response, watchdog = self._get(url, token, headers, deadline)
+            if response.status not in REDIRECTS:
+                return response, watchdog, url, token
+            location = response.headers.get("Location")
+            response.close()
+            watchdog.disarm()
+            if not location:
+                raise DownloadError(f"HTTP {response.status} from {urlsplit(url).hostname} "
+                                    "without a Location")  # fmt: skip
+            previous, url = url, urljoin(url, location.strip())
+        raise DownloadError(f"more than {MAX_REDIRECTS} redirects from {redact_url(url)}")
+
+    def _status_error(self, status: int, url: str, token: Token | None, headers, body: bytes):
+        host = urlsplit(url).hostname
+        if status == 429 or status >= 500:
+            return DownloadError(f"HTTP {status} from {host}", retry=True, headers=headers)
+        if status in (401, 403):
+            if token and not token.value:
+                return DownloadError(
+                    f"HTTP {status} from {host}: this file needs a token; set {token.var}",
+                    auth_needed=True,
+                )
+            if token:
+                return DownloadError(
+                    f"HTTP {status} from {host}: {token.var} was refused (no access to a "
+                    "gated model? accept its licence on the site, or check the token)"
+                )
+            return DownloadError(f"HTTP {status} from {host}: access denied")
+        if status in (404, 410):
+            return DownloadError(f"HTTP {status} from {host}: not found; check the URL")
+        return DownloadError(f"HTTP {status} from {host}: unexpected answer")
 
     def probe(self, entry: manifests.ModelEntry) -> Probe:
-        """Follow redirects ourselves; a token goes only to its own host, never on."""
-        url = entry.url
-        origin = _origin(url)
-        for _ in range(MAX_REDIRECTS + 1):
-            token = token_for(url, self.rules, self.env) if _origin(url) == origin else None
-            status, headers, body = self._request(url, token)
-            if status in REDIRECTS and headers.get("Location"):
-                url = urljoin(url, headers["Location"])
-                continue
-            if status in (200, 206):
-                return self._accept(entry, url, token, status, headers, body)
-            host = urlsplit(url).hostname
-            if status in (401, 403):
-                if token and not token.value:
-                    raise DownloadError(
-                        f"HTTP {status} from {host}: this file needs a token; set {token.var}",
-                        auth_needed=True,
-                    )
-                if token:
-                    raise DownloadError(
-                        f"HTTP {status} from {host}: {token.var} was refused (no access to a "
-                        "gated model? accept its licence on the site, or check the token)"
-                    )
-                raise DownloadError(f"HTTP {status} from {host}: access denied")
-            if status in (404, 410):
-                raise DownloadError(f"HTTP {status} from {host}: not found; check the URL")
-            raise DownloadError(f"HTTP {status} from {host}: unexpected answer")
-        raise DownloadError(f"more than {MAX_REDIRECTS} redirects from {entry.url}")
+        """The first bytes, through every redirect, within one ``--timeout``."""
+        deadline = time.monotonic() + self.settings.timeout
+        headers = {"Range": f"bytes=0-{PROBE_BYTES - 1}"}
+        response, watchdog, url, token = self.follow(entry.url, headers, deadline)
+        try:
+            body = b""
+            while len(body) < PROBE_BYTES:
+                chunk = response.read1(PROBE_BYTES - len(body))
+                if not chunk:
+                    break
+                body += chunk
+        except (OSError, http.client.HTTPException) as err:
+            if watchdog.fired:
+                raise self._late(urlsplit(url).hostname) from err
+            raise DownloadError(f"{urlsplit(url).hostname}: {err}", retry=True) from err
+        finally:
+            watchdog.disarm()
+            response.close()
+        if response.status not in (200, 206):
+            raise self._status_error(response.status, url, token, response.headers, body)
+        return self._accept(entry, url, token, response.status, response.headers, body)
 
-    def _accept(
-        self,
-        entry: manifests.ModelEntry,
-        url: str,
-        token: Token | None,
-        status: int,
-        headers: Mapping[str, str],
-        body: bytes,
-    ) -> Probe:
+    def _accept(self, entry, url, token, status: int, headers, body: bytes) -> Probe:
         size = None
         content_range = headers.get("Content-Range", "")
         if status == 206 and "/" in content_range:
@@ -524,7 +732,7 @@ class Downloader:
                 f"server reports {size} bytes, the manifest says size={entry.size}; "
                 "fix the manifest or the URL"
             )
-        return Probe(url, token, size, body, content_type, ranges=status == 206)
+        return Probe(url, token, size, ranges=status == 206)
 
     # -- space -------------------------------------------------------------------------------
 
@@ -559,13 +767,111 @@ class Downloader:
         with self.space_lock:
             self.in_flight.pop(part, None)
 
-    # -- one file ----------------------------------------------------------------------------
+    def bound_problem(
+        self, part: Path, size: int, entry: manifests.ModelEntry, probe: Probe
+    ) -> DownloadError | None:
+        """Why a growing .part must stop now (over size=, or the size is unknown and the
+        volume's reserve would be crossed), or None. The .part stays only if it can resume."""
+        if entry.size is not None and size > entry.size:
+            return DownloadError(
+                f"the server sent more than the manifest's size={entry.size} bytes; "
+                "fix the manifest or the URL",
+                discard=True,
+            )
+        if probe.size is None and self.free_bytes(part.parent) < self.settings.reserve:
+            return DownloadError(
+                f"stopped at {human(size)}: the size is unknown and the volume's free space "
+                f"fell below the reserve ({human(self.settings.reserve)}, --reserve-mib); "
+                "free space, use a bigger volume, or add size= to the manifest line",
+                discard=not probe.ranges,
+            )
+        return None
 
-    def aria2c_argv(self, input_file: str, entry: manifests.ModelEntry) -> list[str]:
+    # -- our own client: transfers that carry a token ----------------------------------------
+
+    def fetch(self, entry: manifests.ModelEntry, probe: Probe, part: Path) -> str:
+        """Download ``probe.url`` into ``part`` (resuming), hashing as it goes; every redirect
+        re-checked by ``follow``. Returns the sha256 of the whole file."""
+        s = self.settings
+        if control_path(part.with_suffix("")).exists():  # aria2c's .part may have holes
+            remove_partial(part.with_suffix(""))
+        have = part.stat().st_size if part.exists() else 0
+        digest = hashlib.sha256()
+        if have:
+            with open(part, "rb") as handle:
+                while chunk := handle.read(CHUNK):
+                    digest.update(chunk)
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        deadline = time.monotonic() + s.timeout
+        response, watchdog, url, token = self.follow(probe.url, headers, deadline)
+        host = urlsplit(url).hostname
+        try:
+            status = response.status
+            if status == 416 and have and probe.size == have:
+                return digest.hexdigest()
+            if status not in (200, 206):
+                raise self._status_error(status, url, token, response.headers, b"")
+            if status == 206:
+                found = re.match(r"bytes (\d+)-", response.headers.get("Content-Range", ""))
+                if not found or int(found.group(1)) != have:
+                    raise DownloadError(f"{host} answered a resume with the wrong range; "
+                                        "starting over", retry=True)  # fmt: skip
+            elif have:  # 200: the server ignored the Range; start over
+                have, digest = 0, hashlib.sha256()
+            watchdog.disarm()  # from here: the socket timeout and the speed window
+            with open(part, "ab" if have else "wb") as out:
+                have = self._stream(entry, probe, response, out, part, digest, have)
+            if probe.size is not None and have < probe.size:
+                raise DownloadError(f"transfer from {host} ended at {have} of {probe.size} "
+                                    "bytes", retry=True)  # fmt: skip
+        except (OSError, http.client.HTTPException) as err:
+            if watchdog.fired:
+                raise self._late(host) from err
+            raise DownloadError(f"transfer from {host} broke off: {err}", retry=True) from err
+        finally:
+            watchdog.disarm()
+            response.close()
+        return digest.hexdigest()
+
+    def _stream(self, entry, probe, response, out, part: Path, digest, have: int) -> int:
+        s = self.settings
+        window_at, window_bytes, checked = time.monotonic(), 0, have
+        while chunk := response.read1(CHUNK):
+            if STOPPING.is_set():
+                raise Stopped
+            out.write(chunk)
+            digest.update(chunk)
+            have += len(chunk)
+            window_bytes += len(chunk)
+            if have - checked >= SPACE_CHECK_EVERY or (entry.size and have > entry.size):
+                checked = have
+                problem = self.bound_problem(part, have, entry, probe)
+                if problem:
+                    raise problem
+            elapsed = time.monotonic() - window_at
+            if elapsed >= s.speed_window:
+                if window_bytes / elapsed < s.lowest_speed:
+                    raise self._slow(window_bytes / elapsed)
+                window_at, window_bytes = time.monotonic(), 0
+        return have
+
+    def _slow(self, speed: float) -> DownloadError:
+        s = self.settings
+        return DownloadError(
+            f"download too slow: {human(speed)}/s, below {human(s.lowest_speed)}/s for "
+            f"{s.speed_window} s (--lowest-speed-kib, --speed-window); check the network "
+            "or the server",
+            retry=True,
+        )
+
+    # -- aria2c: transfers without a token ---------------------------------------------------
+
+    def aria2c_argv(self, entry: manifests.ModelEntry) -> list[str]:
         s = self.settings
         argv = [
             s.aria2c,
-            f"--input-file={input_file}",
+            "--input-file=-",  # URL and options from a pipe: nothing on disk, nothing in argv
+            "--deferred-input=false",
             "--no-conf=true",
             "--no-netrc=true",
             "--continue=true",
@@ -575,16 +881,19 @@ class Downloader:
             "--allow-overwrite=true",
             "--remote-time=false",
             "--conditional-get=false",
-            f"--max-tries={s.max_tries}",
+            "--follow-metalink=false",
+            "--follow-torrent=false",
+            "--max-tries=1",  # one budget: our Tries counts every try (see --max-tries)
             f"--retry-wait={max(1, round(s.retry_wait))}",
             f"--connect-timeout={s.connect_timeout}",
             f"--timeout={s.timeout}",
+            f"--lowest-speed-limit={s.lowest_speed}",
             f"--max-connection-per-server={s.connections}",
             f"--split={s.connections}",
             "--min-split-size=20M",
             "--file-allocation=none",
             "--auto-save-interval=10",
-            f"--console-log-level={'notice' if s.progress else 'warn'}",
+            "--console-log-level=notice",  # its redirect lines, to name a refused hop
             f"--summary-interval={10 if s.progress else 0}",
             "--show-console-readout=false",
             "--enable-color=false",
@@ -596,50 +905,131 @@ class Downloader:
             argv.append(f"--checksum=sha-256={entry.sha256}")
         return argv
 
+    def aria2c_input(self, probe: Probe, part: Path) -> str:
+        """aria2c's input: the URL, dir/out (per-URI options: aria2c ignores a global --out
+        with --input-file) and the proxies. Every scheme aria2c must not reach after a
+        redirect (ftp, sftp, and http when the URL is https) goes to a closed port."""
+        lines = [probe.url, f"  dir={part.parent}", f"  out={part.name}"]
+        lines.append(f"  ftp-proxy={dead_proxy()}")  # ftp and sftp (aria2c 1.36)
+        http = self._proxy("http") if urlsplit(probe.url).scheme == "http" else dead_proxy()
+        for key, value in (("http-proxy", http), ("https-proxy", self._proxy("https"))):
+            if value:
+                lines.append(f"  {key}={value}")
+        return "\n".join(lines) + "\n"
+
+    def _proxy(self, scheme: str) -> str:
+        return self.env.get(f"{scheme}_proxy") or self.env.get(f"{scheme.upper()}_PROXY") or ""
+
+    def aria2c_env(self) -> dict[str, str]:
+        """aria2c's environment: no token variable, no proxy variable (given in its input)."""
+        drop = {*TOKEN_VARS, *(rule.var for rule in self.rules), TOKEN_HOSTS_ENV}
+        return {
+            key: value
+            for key, value in self.env.items()
+            if key not in drop and key.lower() not in PROXY_VARS
+        }
+
     def run_aria2c(self, entry: manifests.ModelEntry, probe: Probe, part: Path, lock_fd: int):
-        """Run aria2c for one file; returns (exit status, last output lines)."""
-        private = tempfile.mkdtemp(prefix="aiclipse-aria2-")  # mode 0700
-        input_file = os.path.join(private, "input.txt")
-        # dir/out are per-URI options: aria2c ignores a global --out with --input-file.
-        lines = [probe.url + "\n", f"  dir={part.parent}\n", f"  out={part.name}\n"]
-        if probe.token and probe.token.value:
-            lines.append(f"  header=Authorization: Bearer {probe.token.value}\n")
-        fd = os.open(input_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.writelines(lines)
-        tail: list[str] = []
+        """Run aria2c for one file; returns (exit status, its output lines, why we stopped it
+        or None, the redirects it followed)."""
+        proc = subprocess.Popen(
+            self.aria2c_argv(entry),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            env=self.aria2c_env(),
+            pass_fds=(lock_fd,),  # aria2c holds the destination lock while it lives
+        )
+        with _CHILDREN_LOCK:
+            CHILDREN.add(proc)
+        stopped: list[DownloadError] = []
+        done = threading.Event()
+
+        def watch() -> None:  # unknown size: stop at size= or at the reserve
+            while not done.wait(0.25):
+                size = part.stat().st_size if part.exists() else 0
+                problem = self.bound_problem(part, size, entry, probe)
+                if problem:
+                    stopped.append(problem)
+                    proc.terminate()
+                    return
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        lines: list[str] = []
+        redirects: list[str] = []
         try:
-            proc = subprocess.Popen(
-                self.aria2c_argv(input_file, entry),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                errors="replace",
-                pass_fds=(lock_fd,),  # aria2c holds the destination lock while it lives
-            )
-            assert proc.stdout is not None
+            assert proc.stdin is not None and proc.stdout is not None
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.write(self.aria2c_input(probe, part))
+                proc.stdin.close()
             for line in proc.stdout:
                 line = line.rstrip()
                 if not line:
                     continue
-                tail = [*tail[-4:], line]
+                found = _ARIA2_REDIRECT.search(line)
+                if found:
+                    redirects.append(found.group(1))
+                lines = [*lines[-19:], line]
                 if self.settings.progress:
                     self.log(f"  {entry.dest}: {line}")
             status = proc.wait()
         finally:
-            shutil.rmtree(private, ignore_errors=True)
-        return status, tail
+            done.set()
+            watcher.join()
+            with _CHILDREN_LOCK:
+                CHILDREN.discard(proc)
+        return status, lines, (stopped[0] if stopped else None), redirects
 
-    def verify_file(self, entry: manifests.ModelEntry, path: Path, expected: int | None) -> str:
-        """Size, content and sha256 of ``path``; returns the sha256 or raises DownloadError."""
+    def aria2c_failure(self, entry, probe: Probe, part: Path, result) -> DownloadError:
+        """One clear error for an aria2c run that did not end in exit 0."""
+        status, lines, stopped, redirects = result
+        if stopped:
+            return stopped
+        previous = probe.url
+        for hop, url in enumerate(redirects, 1):
+            try:
+                check_hop(url, previous, hop)
+            except DownloadError as err:
+                return DownloadError(f"aria2c: {err}")
+            previous = url
+        if STOPPING.is_set():
+            raise Stopped
+        if status < 0:  # killed: its .part and .aria2 can resume
+            return DownloadError(f"aria2c died of signal {-status}", retry=True)
+        meaning, retry, remove = ARIA2_EXIT.get(status, ("unknown exit status", True, False))
+        if status == 32 and part.exists():
+            actual = sha256_file(part)
+            meaning = (
+                f"sha256 mismatch: got {actual}, the manifest says {entry.sha256}; "
+                "fix the manifest or the URL"
+            )
+        why = aria2_error_line(lines) if status != 32 else None
+        detail = f" ({why})" if why else ""
+        return DownloadError(
+            f"aria2c exit {status}: {meaning}{detail}",
+            auth_needed=status == 24,
+            retry=retry,
+            discard=remove,
+        )
+
+    # -- one file ----------------------------------------------------------------------------
+
+    def verify_file(
+        self, entry: manifests.ModelEntry, path: Path, expected: int | None, digest: str | None
+    ) -> str:
+        """Size, content and sha256 of ``path`` (hashed here only when ``digest`` is None);
+        returns the sha256 or raises DownloadError."""
         size = path.stat().st_size
         if expected is not None and size != expected:
             raise DownloadError(f"got {size} bytes, expected {expected}")
         problem = content_problem(path, entry.name)
         if problem:
             raise DownloadError(problem)
-        digest = sha256_file(path)
+        if digest is None:
+            digest = sha256_file(path)
         if entry.sha256 and digest != entry.sha256:
             raise DownloadError(
                 f"sha256 mismatch: got {digest}, the manifest says {entry.sha256}; "
@@ -650,7 +1040,7 @@ class Downloader:
     def adopt_existing(self, entry: manifests.ModelEntry, dest: Path) -> bool:
         """A file at dest without a valid sidecar: verify it once, or move it aside."""
         try:
-            digest = self.verify_file(entry, dest, entry.size)
+            digest = self.verify_file(entry, dest, entry.size, None)
         except DownloadError as err:
             aside = dest.with_name(dest.name + ".invalid")
             os.replace(dest, aside)
@@ -672,45 +1062,21 @@ class Downloader:
             self._download_locked(job, lock_fd)
 
     def _download_locked(self, job: Job, lock_fd: int) -> None:
-        entry, dest, s = job.entry, job.dest, self.settings
+        entry, dest = job.entry, job.dest
         part = part_path(dest)
         started = time.monotonic()
         start_bytes = part.stat().st_size if part.exists() else 0
-        for attempt in range(1, s.max_tries + 1):
-            probe = job.probe
-            if probe is None or time.monotonic() - probe.at > 300:
-                probe = self.probe(entry)
-            job.probe = None
-            expected = entry.size if entry.size is not None else probe.size
-            if not probe.ranges and part.exists():
-                # No Range support: a .part cannot resume (and aria2c 1.36 aborts on it).
-                self.log(f"  {entry.dest}: server cannot resume; starting over")
-                remove_partial(dest)
-            self.reserve_space(part, expected)
+        tries = Tries(self.settings, self.log, entry.dest)
+        while True:
+            if STOPPING.is_set():
+                raise Stopped
             try:
-                status, tail = self.run_aria2c(entry, probe, part, lock_fd)
-            finally:
-                self.release_space(part)
-            if status == 0:
+                digest, expected = self._try(entry, part, lock_fd)
                 break
-            if status < 0:
-                meaning, retry, remove = f"aria2c died of signal {-status}", True, True
-            else:
-                meaning, retry, remove = ARIA2_EXIT.get(
-                    status, ("unknown exit status", True, False)
-                )
-            if remove:
-                remove_partial(dest)
-            detail = f" ({tail[-1]})" if tail else ""
-            if not retry or attempt == s.max_tries:
-                raise DownloadError(
-                    f"aria2c exit {status}: {meaning}{detail}", auth_needed=status == 24
-                )
-            wait = min(s.retry_wait * 2 ** (attempt - 1), s.max_wait)
-            self.log(f"  {entry.dest}: aria2c exit {status}: {meaning}; retry in {wait:g}s")
-            time.sleep(wait)
+            except DownloadError as err:
+                tries.failed(err)
         try:
-            digest = self.verify_file(entry, part, expected)
+            digest = self.verify_file(entry, part, expected, digest)
         except DownloadError:
             remove_partial(dest)
             raise
@@ -723,6 +1089,29 @@ class Downloader:
         job.status = "downloaded"
         job.bytes = max(0, dest.stat().st_size - start_bytes)
         job.seconds = time.monotonic() - started
+
+    def _try(self, entry, part: Path, lock_fd: int) -> tuple[str | None, int | None]:
+        """One try: probe, then transfer. Returns (sha256 when known, expected size)."""
+        probe = self.probe(entry)
+        expected = entry.size if entry.size is not None else probe.size
+        if not probe.ranges and part.exists():
+            # No Range support: a .part cannot resume (and aria2c 1.36 aborts on it).
+            self.log(f"  {entry.dest}: server cannot resume; starting over")
+            remove_partial(part.with_suffix(""))
+        self.reserve_space(part, expected)
+        try:
+            if probe.token and probe.token.value:
+                return self.fetch(entry, probe, part), expected
+            result = self.run_aria2c(entry, probe, part, lock_fd)
+            if result[0] != 0:
+                raise self.aria2c_failure(entry, probe, part, result)
+        except DownloadError as err:
+            if err.discard:
+                remove_partial(part.with_suffix(""))
+            raise
+        finally:
+            self.release_space(part)
+        return (entry.sha256 or None), expected  # aria2c checked a manifest sha256 itself
 
 
 @contextlib.contextmanager
@@ -768,7 +1157,6 @@ class Job:
     bytes: int = 0
     seconds: float = 0.0
     auth_needed: bool = False
-    probe: Probe | None = None
 
 
 def plan(entries: Sequence[manifests.ModelEntry], models_dir: Path) -> list[Job]:
@@ -782,21 +1170,18 @@ def plan(entries: Sequence[manifests.ModelEntry], models_dir: Path) -> list[Job]
 
 
 def check_batch_space(downloader: Downloader, jobs: Sequence[Job]) -> str | None:
-    """Sum what the batch still needs per volume; a message when it does not fit."""
+    """Sum what the manifest sizes (size=) still need per volume; a message when it does not
+    fit. Files without size= are checked one by one once their probe tells the size."""
     need: dict[int, tuple[int, Path]] = {}
-    unknown = []
     for job in jobs:
-        size = job.entry.size if job.entry.size is not None else job.probe and job.probe.size
+        size = job.entry.size
         if size is None:
-            unknown.append(job.entry.dest)
             continue
         part = part_path(job.dest)
         have = part.stat().st_size if part.exists() else 0
         dev = os.stat(job.dest.parent).st_dev
         total, _ = need.get(dev, (0, job.dest.parent))
         need[dev] = (total + max(0, size - have), job.dest.parent)
-    if unknown:
-        downloader.log(f"size unknown (no size= and no Content-Length): {', '.join(unknown)}")
     for total, where in need.values():
         free = downloader.free_bytes(where) - downloader.settings.reserve
         if total > free:
@@ -821,7 +1206,7 @@ def run(entries: Sequence[manifests.ModelEntry], settings: Settings, log: Log, e
                 state = f"resume ({human(part.stat().st_size)} in .part)"
             else:
                 state = f"download ({human(job.entry.size)})"
-            log(f"{state:<28} {job.entry.dest}  <- {job.entry.url}")
+            log(f"{state:<28} {job.entry.dest}  <- {redact_url(job.entry.url)}")
         return EXIT_OK
     downloader = Downloader(settings, env, log)
     if todo and shutil.which(settings.aria2c) is None:
@@ -829,21 +1214,6 @@ def run(entries: Sequence[manifests.ModelEntry], settings: Settings, log: Log, e
     log(f"{len(jobs) - len(todo)} present, {len(todo)} to download into {settings.models_dir}")
     for job in todo:
         job.dest.parent.mkdir(parents=True, exist_ok=True)
-
-    def probe_size(job: Job) -> None:
-        if job.entry.size is None:
-            try:
-                job.probe = downloader.probe(job.entry)
-            except DownloadError as err:
-                fail(job, err)
-
-    def fail(job: Job, err: DownloadError) -> None:
-        job.status, job.note, job.auth_needed = "failed", str(err), err.auth_needed
-        log(f"[failed] {job.entry.dest}: {err}")
-
-    with ThreadPoolExecutor(max_workers=max(1, settings.jobs)) as pool:
-        list(pool.map(probe_size, todo))
-    todo = [job for job in todo if job.status == "pending"]
     short = check_batch_space(downloader, todo) if todo else None
     if short:
         log(f"[failed] {short}")
@@ -851,9 +1221,18 @@ def run(entries: Sequence[manifests.ModelEntry], settings: Settings, log: Log, e
             job.status, job.note = "failed", "not enough free space for the batch"
         todo = []
 
-    def work(job: Job) -> None:
+    def fail(job: Job, err: DownloadError) -> None:
+        job.status, job.note, job.auth_needed = "failed", str(err), err.auth_needed
+        log(f"[failed] {job.entry.dest}: {err}")
+
+    def work(job: Job) -> None:  # probe and transfer: one pipeline, --jobs files at a time
+        if STOPPING.is_set():
+            return
         try:
             downloader.download(job)
+        except Stopped:
+            job.status, job.note = "stopped", "stopped by a signal; resumes next time"
+            return
         except DownloadError as err:
             fail(job, err)
             return
@@ -898,36 +1277,103 @@ def summarize(jobs: Sequence[Job], log: Log) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def load_manifest(path: str) -> list[manifests.ModelEntry]:
+    """Parse one manifest with the shared parser; bytes that are not UTF-8 are named by
+    file:line:column."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError:
+        return manifests.load_models(path)  # its own message: file not found, ...
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        column = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
+        raise manifests.ManifestError(
+            [
+                manifests.ManifestIssue(
+                    str(path), line, column,
+                    f"not UTF-8 text (byte 0x{raw[err.start]:02x})", "save the file as UTF-8",
+                )
+            ]
+        ) from err  # fmt: skip
+    return manifests.parse_models(text, str(path))
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
     add("--manifest", action="append", required=True, help="models manifest (repeatable)")
     add("--models-dir", default=DEFAULT_MODELS_DIR, help="default: %(default)s")
-    add("--jobs", type=int, default=DEFAULT_JOBS, help="files at a time (default 3)")
+    add("--jobs", type=int, default=DEFAULT_JOBS, help="files at a time, probe and transfer "
+        "together (default 3)")  # fmt: skip
     add("--dry-run", action="store_true", help="print what would happen; no network, no writes")
     add("--progress", action="store_true", help="show aria2c's own progress every 10 s")
-    add("--max-tries", type=int, default=5, help="tries per request and per file")
+    add("--max-tries", type=int, default=5,
+        help="tries per file in all (default 5): every failed probe request or transfer "
+        "spends one (aria2c itself does not retry), so a file is asked for at most this "
+        "many times")  # fmt: skip
     add("--retry-wait", type=float, default=3.0, help="first backoff in seconds (doubles)")
     add("--max-wait", type=float, default=300.0, help="longest wait, Retry-After included")
-    add("--timeout", type=int, default=60, help="aria2c --timeout and probe timeout, seconds")
+    add("--timeout", type=int, default=60,
+        help="seconds: the whole of one probe (all its redirects) and the start of a "
+        "transfer; also aria2c's --timeout per socket operation (default 60)")  # fmt: skip
     add("--connect-timeout", type=int, default=30)
+    add("--lowest-speed-kib", type=int, default=10,
+        help="KiB/s: a transfer slower than this over --speed-window stops (and is retried "
+        "within --max-tries); 0 disables (default 10)")  # fmt: skip
+    add("--speed-window", type=int, default=60,
+        help="seconds over which --lowest-speed-kib is measured by our own client (aria2c "
+        "measures per connection after its 10 s start-up) (default 60)")  # fmt: skip
     add("--connections", type=int, default=4, help="aria2c connections per file")
     add("--reserve-mib", type=int, default=100, help="MiB to leave free on the volume")
     add("--aria2c", default=os.environ.get("AICLIPSE_ARIA2C", "aria2c"), help="aria2c binary")
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.max_tries < 1 or args.connections < 1 or args.retry_wait <= 0:
         parser.error("--jobs, --max-tries, --connections must be >= 1 and --retry-wait > 0")
+    if args.lowest_speed_kib < 0 or args.speed_window < 1:
+        parser.error("--lowest-speed-kib must be >= 0 and --speed-window >= 1")
     return args
+
+
+@contextlib.contextmanager
+def stop_on_signals(log: Log) -> Iterator[None]:
+    """SIGTERM/SIGINT: stop aria2c (it saves its .aria2 state), keep every .part, exit
+    128+N. Nothing secret is on disk to clean up: tokens never leave this process."""
+
+    def handler(signum, _frame):
+        STOPPING.set()
+        with _CHILDREN_LOCK:
+            children = list(CHILDREN)
+        for proc in children:
+            with contextlib.suppress(OSError):
+                proc.terminate()
+        for proc in children:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+        log(f"stopped by signal {signum}; partial downloads are kept and resume next time")
+        os._exit(128 + signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     env = dict(os.environ if env is None else env)
     log = Log(Masker([env.get(var, "") for var in TOKEN_VARS]))
     args = parse_args(argv)
+    STOPPING.clear()
     try:
         rules = token_rules(env)
         log.mask = Masker([env.get(var, "") for var in {*TOKEN_VARS, *(r.var for r in rules)}])
-        entries = manifests.merge_models(*(manifests.load_models(p) for p in args.manifest))
+        entries = manifests.merge_models(*(load_manifest(p) for p in args.manifest))
     except manifests.ManifestError as err:
         log(str(err))
         return EXIT_USAGE
@@ -943,13 +1389,16 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         max_wait=args.max_wait,
         connect_timeout=args.connect_timeout,
         timeout=args.timeout,
+        lowest_speed=args.lowest_speed_kib * 1024,
+        speed_window=args.speed_window,
         connections=args.connections,
         reserve=args.reserve_mib * 1024 * 1024,
         progress=args.progress,
         aria2c=args.aria2c,
     )
     try:
-        return run(entries, settings, log, env)
+        with stop_on_signals(log):
+            return run(entries, settings, log, env)
     except UsageError as err:
         log(f"error: {err}")
         return EXIT_USAGE
