@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# aiclipse runtime: PID 1's child under tini (`tini -g -- start.sh`). Prepares the volume,
-# starts the side services with authentication, downloads the models, then execs ComfyUI as
-# the runtime user so signals reach it. Safe to run again on the same volume: every step
-# checks before it writes. One log line per step; no secret is ever printed (the only value
-# printed is a token/password generated here, once, when it is generated).
-# Environment variables: docs/runtime.md.
+# aiclipse runtime: PID 1's child under tini (`tini -g -- start.sh`). Checks every variable,
+# prepares the volume, starts the side services with authentication (ComfyUI behind an
+# authenticating proxy), downloads the models, then execs ComfyUI as the runtime user so
+# signals reach it. Safe to run again on the same volume: every step checks before it writes.
+# One log line per step; no secret is ever printed (the only value printed is a token or
+# password generated here, once, when it is generated).
+# Secrets: the first thing start.sh does is re-exec itself with an environment without them
+# (they travel on a pipe); each step then gets only the secrets it needs, long-running
+# services none. Environment variables: docs/runtime.md.
 set -euo pipefail
 
 # ---- configuration -------------------------------------------------------------------------
 ROOT="${AICLIPSE_ROOT:-/workspace/aiclipse}"
 STATE="$ROOT/.aiclipse"
-RUNTIME_DIR="${AICLIPSE_RUNTIME_DIR:-$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")}"
+SELF="$(readlink -f "${BASH_SOURCE[0]}")"
+RUNTIME_DIR="${AICLIPSE_RUNTIME_DIR:-$(dirname "$SELF")}"
 RUNTIME_USER="${RUNTIME_USER:-comfy}"
 COMFY_DIR="${COMFY_DIR:-/opt/ComfyUI}"
 PYTHON="${AICLIPSE_PYTHON:-/opt/venv/bin/python}"
@@ -20,8 +24,17 @@ MANAGER_MODE="${AICLIPSE_MANAGER_MODE:-git}" # package: ComfyUI starts it (--ena
 MODELS_MANIFEST="${MODELS_MANIFEST:-/manifests/models_manifest.txt}"
 NODES_MANIFEST="${NODES_MANIFEST:-$ROOT/nodes_manifest.txt}"
 FILEBROWSER_BIN="${FILEBROWSER_BIN:-/usr/local/bin/filebrowser}"
+CADDY_BIN="${CADDY_BIN:-/usr/bin/caddy}"
+PROXY_USER="${AICLIPSE_PROXY_USER:-caddy}" # the proxy's own user: ComfyUI cannot read its config
 LISTEN="${AICLIPSE_LISTEN:-0.0.0.0}" # the address every service listens on
+COMFY_PORT="${COMFY_PORT:-8188}"
+COMFY_INTERNAL_PORT="${COMFY_INTERNAL_PORT:-18188}" # ComfyUI itself, on 127.0.0.1, behind the proxy
 DATA_DIRS=(models output input user custom_nodes workflows)
+# What start.sh takes out of the environment before anything runs: the secrets it knows and
+# anything named like one. AICLIPSE_PASS_ENV names those ComfyUI gets (API nodes' keys).
+SECRET_VARS=(HF_TOKEN CIVITAI_TOKEN COMFY_TOKEN JUPYTER_TOKEN JUPYTER_PASSWORD FILEBROWSER_PASSWORD)
+SECRET_PATTERN='(TOKEN|PASSWORD|PASSWD|SECRET|API_KEY|APIKEY|PRIVATE_KEY|CREDENTIAL)'
+declare -A SECRETS=()
 
 log() { printf '[aiclipse] %s\n' "$*"; }
 die() {
@@ -29,6 +42,58 @@ die() {
   exit 1
 }
 is_on() { [[ "${1:-}" =~ ^(1|true|yes|on)$ ]]; }
+
+is_secret() {
+  local name="$1" known
+  for known in "${SECRET_VARS[@]}"; do
+    [[ "$name" == "$known" ]] && return 0
+  done
+  [[ "$name" =~ $SECRET_PATTERN ]]
+}
+
+# Re-exec without the secrets in the environment: /proc/<pid>/environ of this shell and of
+# everything it starts then holds none. They come back on fd 3 (a pipe) as shell variables
+# (SECRETS[name]), never exported; with_secrets hands a step the ones it needs.
+scrub_environment() {
+  local entry name blob="" keep=()
+  if [[ "${AICLIPSE_SCRUBBED:-}" == 1 ]]; then
+    unset AICLIPSE_SCRUBBED
+    if [[ -e /dev/fd/3 ]]; then
+      # shellcheck disable=SC1091 # our own printf %q lines, from the run before the re-exec
+      source /dev/fd/3
+      exec 3<&-
+    fi
+    while IFS= read -r -d '' entry; do
+      if is_secret "${entry%%=*}"; then
+        die "environment: ${entry%%=*} survived the scrub (AICLIPSE_SCRUBBED is start.sh's own)"
+      fi
+    done < <(env -0)
+    return
+  fi
+  while IFS= read -r -d '' entry; do
+    name="${entry%%=*}"
+    if is_secret "$name"; then
+      blob+="$(printf 'SECRETS[%q]=%q' "$name" "${entry#*=}")"$'\n'
+    else
+      keep+=("$entry")
+    fi
+  done < <(env -0)
+  exec env -i "${keep[@]}" AICLIPSE_SCRUBBED=1 "$BASH" "$SELF" "$@" 3<<<"$blob"
+}
+
+# Run a command with the named secrets exported to it alone (a subshell: the exports end
+# with it; values through the environment, never argv).
+with_secrets() {
+  local names=()
+  while [[ $# -gt 0 && "$1" != -- ]]; do names+=("$1"); shift; done
+  shift
+  (
+    for name in "${names[@]}"; do
+      if [[ -v "SECRETS[$name]" ]]; then export "$name=${SECRETS[$name]}"; fi
+    done
+    "$@"
+  )
+}
 
 # Run a command as the runtime user (or as we are, when the container was started non-root).
 as_user() {
@@ -40,6 +105,18 @@ as_user() {
   fi
 }
 
+# The same, replacing this shell (no root bash is left behind as the service's parent).
+exec_as_user() {
+  if [[ $EUID -eq 0 ]]; then
+    exec env HOME="$RUNTIME_HOME" USER="$RUNTIME_USER" LOGNAME="$RUNTIME_USER" \
+      setpriv --reuid="$RUNTIME_UID" --regid="$RUNTIME_GID" --init-groups -- "$@"
+  fi
+  exec "$@"
+}
+
+# Python as root: no PYTHON* variables, no user site.
+root_python() { "$PYTHON" -E -s "$@"; }
+
 # A private folder of the runtime user's (under the root-owned state folder, when root).
 user_dir() {
   if [[ $EUID -eq 0 ]]; then
@@ -49,11 +126,21 @@ user_dir() {
   fi
 }
 
-# Start a long-running service detached from this shell: it is re-parented to tini, which
-# reaps it, and stays in tini's process group, so `docker stop` (tini -g) reaches it too.
-detach() { ("$@" &) ; }
+# Start a long-running service (as the runtime user) detached from this shell: it is
+# re-parented to tini, which reaps it, and stays in tini's process group, so `docker stop`
+# (tini -g) reaches it too. The forked shell execs it: no root bash stays behind.
+detach() { (exec_as_user "$@" &) ; }
 
 # ---- steps ---------------------------------------------------------------------------------
+# Every variable against its rule (aiclipse_config.py validate), before anything uses one: a
+# bad value stops the start, naming the variable and the rule.
+validate_environment() {
+  local line
+  line="$(with_secrets "${!SECRETS[@]}" -- root_python "$RUNTIME_DIR/aiclipse_config.py" validate)" ||
+    die "environment: fix the variable(s) named above"
+  log "$line"
+}
+
 resolve_user() {
   if [[ $EUID -ne 0 ]]; then
     RUNTIME_USER="$(id -un)"
@@ -82,9 +169,12 @@ prepare_volume() {
 }
 
 write_model_paths() {
+  local line
   MODEL_PATHS_CONFIG="$STATE/extra_model_paths.yaml"
-  log "model paths: $("$PYTHON" "$RUNTIME_DIR/aiclipse_config.py" model-paths \
-    --root "$ROOT" --config "$MODEL_PATHS_CONFIG")"
+  line="$(root_python "$RUNTIME_DIR/aiclipse_config.py" model-paths \
+    --root "$ROOT" --config "$MODEL_PATHS_CONFIG")" ||
+    die "model paths: cannot write $MODEL_PATHS_CONFIG (see above)"
+  log "model paths: $line"
   if [[ $EUID -eq 0 ]]; then
     find "$ROOT/models" \( ! -uid "$RUNTIME_UID" -o ! -gid "$RUNTIME_GID" \) \
       -exec chown -h "$RUNTIME_UID:$RUNTIME_GID" {} +
@@ -113,8 +203,9 @@ copy_workflows() {
 }
 
 # ComfyUI-Manager reads its config under ComfyUI's user directory (on the volume): give it
-# the image's security level there, and never let an older config weaken it. The package
-# (AICLIPSE_MANAGER_MODE=package) reads user/__manager only; a clone that path or the old one.
+# the image's security level there, and never let an older config weaken it (read the way
+# Manager reads it). The package (AICLIPSE_MANAGER_MODE=package) reads user/__manager only; a
+# clone that path or the old one. A failure stops the start.
 setup_manager() {
   [[ -f "$MANAGER_CONFIG" ]] || { log "manager: no $MANAGER_CONFIG in the image, skipped"; return; }
   local line
@@ -124,25 +215,33 @@ setup_manager() {
   log "$line"
 }
 
+# The origins a browser may reach the service on port $1 from (validated already): the pod's
+# RunPod proxy origin and AICLIPSE_ALLOWED_ORIGINS, as --origin arguments in ORIGIN_ARGS.
+origin_args() {
+  local origin list="${AICLIPSE_ALLOWED_ORIGINS:-}"
+  ORIGIN_ARGS=()
+  if [[ -n "${RUNPOD_POD_ID:-}" ]]; then
+    ORIGIN_ARGS+=(--origin "https://$RUNPOD_POD_ID-$1.proxy.runpod.net")
+  fi
+  for origin in ${list//,/ }; do
+    ORIGIN_ARGS+=(--origin "$origin")
+  done
+}
+
 setup_ssh() {
   local keys port="${SSH_PORT:-22}" conf=/etc/ssh/aiclipse_sshd_config hostkeys="$STATE/ssh"
-  local line invalid=0
+  local line
   keys=""
+  # Each line was checked by validate (plain '<type> <key> [comment]'); ssh-keygen reads it too.
   while IFS= read -r line; do
     line="${line%$'\r'}"
     [[ -z "${line//[[:space:]]/}" || "$line" == '#'* ]] && continue
-    if ssh-keygen -l -f /dev/stdin <<<"$line" >/dev/null 2>&1; then
-      [[ $'\n'"$keys" == *$'\n'"$line"$'\n'* ]] || keys+="$line"$'\n'
-    else
-      invalid=$((invalid + 1))
-    fi
+    ssh-keygen -l -f /dev/stdin <<<"$line" >/dev/null 2>&1 ||
+      die "PUBLIC_KEY/SSH_PUBLIC_KEY: a line ssh-keygen does not read as a public key"
+    [[ $'\n'"$keys" == *$'\n'"$line"$'\n'* ]] || keys+="$line"$'\n'
   done < <(printf '%s\n%s\n' "${PUBLIC_KEY:-}" "${SSH_PUBLIC_KEY:-}")
   if [[ -z "$keys" ]]; then
-    if [[ $invalid -gt 0 ]]; then
-      log "ssh: off ($invalid line(s) of PUBLIC_KEY/SSH_PUBLIC_KEY are not public keys)"
-    else
-      log "ssh: off (set PUBLIC_KEY or SSH_PUBLIC_KEY to enable key-only login)"
-    fi
+    log "ssh: off (set PUBLIC_KEY or SSH_PUBLIC_KEY to enable key-only login)"
     return
   fi
   if [[ $EUID -ne 0 ]]; then
@@ -164,6 +263,8 @@ setup_ssh() {
   if [[ "$(getent shadow "$RUNTIME_USER" | cut -d: -f2)" == '!'* ]]; then
     usermod -p '*' "$RUNTIME_USER"
   fi
+  # Port, address and user were validated (a number, an IP address, a user name): no newline
+  # reaches this file.
   cat >"$conf" <<EOF
 # Written by start.sh at every start. Key-only login for $RUNTIME_USER.
 Port $port
@@ -185,7 +286,7 @@ Subsystem sftp internal-sftp
 EOF
   /usr/sbin/sshd -t -f "$conf" || die "ssh: sshd rejects $conf"
   /usr/sbin/sshd -f "$conf" -E /var/log/sshd.log
-  log "ssh: key-only for $RUNTIME_USER on port $port ($(grep -c . <<<"$keys") key(s), $invalid invalid line(s); host keys in $hostkeys)"
+  log "ssh: key-only for $RUNTIME_USER on port $port ($(grep -c . <<<"$keys") key(s); host keys in $hostkeys)"
 }
 
 start_jupyter() {
@@ -201,16 +302,17 @@ start_jupyter() {
     return
   fi
   user_dir "$dir"
-  line="$(as_user "$PYTHON" "$RUNTIME_DIR/aiclipse_config.py" jupyter \
-    --dir "$dir" --root "$ROOT" --ip "$LISTEN" --port "$port")"
-  detach as_user "$lab" --config="$dir/jupyter_server_config.json" \
-    --ServerApp.log_level=WARN
+  origin_args "$port"
+  line="$(with_secrets JUPYTER_TOKEN JUPYTER_PASSWORD -- as_user "$PYTHON" \
+    "$RUNTIME_DIR/aiclipse_config.py" jupyter --dir "$dir" --root "$ROOT" --ip "$LISTEN" \
+    --port "$port" "${ORIGIN_ARGS[@]}")" || die "jupyter: cannot write its config in $dir (see above)"
+  detach "$lab" --config="$dir/jupyter_server_config.json" --ServerApp.log_level=WARN
   log "jupyter: port $port, $line"
 }
 
 start_filebrowser() {
   local dir="$STATE/filebrowser" port="${FILEBROWSER_PORT:-8080}" user="${FILEBROWSER_USER:-admin}"
-  local db password hash generated=""
+  local db hash generated=""
   db="$dir/filebrowser.db"
   if ! is_on "${FILEBROWSER_ENABLE:-1}"; then
     log "filebrowser: off (FILEBROWSER_ENABLE=${FILEBROWSER_ENABLE:-})"
@@ -222,26 +324,62 @@ start_filebrowser() {
   fi
   user_dir "$dir"
   if [[ -f "$db" ]]; then
-    detach as_user "$FILEBROWSER_BIN" -d "$db" -a "$LISTEN" -p "$port" -r "$ROOT"
+    detach "$FILEBROWSER_BIN" -d "$db" -a "$LISTEN" -p "$port" -r "$ROOT"
     log "filebrowser: port $port, database $db (credentials as set at first start)"
     return
   fi
-  password="${FILEBROWSER_PASSWORD:-}"
-  if [[ -z "$password" ]]; then
-    password="$("$PYTHON" "$RUNTIME_DIR/aiclipse_config.py" token)"
+  if [[ ! -v "SECRETS[FILEBROWSER_PASSWORD]" ]]; then
+    SECRETS[FILEBROWSER_PASSWORD]="$(root_python "$RUNTIME_DIR/aiclipse_config.py" token)"
     generated=1
   fi
-  hash="$(FILEBROWSER_PASSWORD="$password" "$PYTHON" "$RUNTIME_DIR/aiclipse_config.py" \
-    filebrowser-hash)" || die "filebrowser: FILEBROWSER_PASSWORD must be at least 12 characters"
+  hash="$(with_secrets FILEBROWSER_PASSWORD -- root_python "$RUNTIME_DIR/aiclipse_config.py" \
+    filebrowser-hash)" || die "filebrowser: cannot hash FILEBROWSER_PASSWORD (see above)"
   # First start: FileBrowser's quick setup creates the database and the user from FB_* (the
   # environment, never argv; a bcrypt hash, never the password).
-  FB_USERNAME="$user" FB_PASSWORD="$hash" detach as_user "$FILEBROWSER_BIN" -d "$db" \
+  FB_USERNAME="$user" FB_PASSWORD="$hash" detach "$FILEBROWSER_BIN" -d "$db" \
     -a "$LISTEN" -p "$port" -r "$ROOT"
   if [[ -n "$generated" ]]; then
-    log "filebrowser: port $port, user $user, generated password (shown once): $password"
+    log "filebrowser: port $port, user $user, generated password (shown once): ${SECRETS[FILEBROWSER_PASSWORD]}"
   else
     log "filebrowser: port $port, user $user, password from FILEBROWSER_PASSWORD, database $db"
   fi
+  unset "SECRETS[FILEBROWSER_PASSWORD]"
+}
+
+# ComfyUI listens on 127.0.0.1:$COMFY_INTERNAL_PORT; the port users reach ($COMFY_PORT) is
+# Caddy's, which asks for the user and token (basic auth) and lets in only the pod's RunPod
+# proxy origin, AICLIPSE_ALLOWED_ORIGINS and its own. It runs as its own user, so ComfyUI
+# (and its custom nodes) can read neither its config nor the token file.
+start_proxy() {
+  local dir="$STATE/proxy" line group=() run_as=()
+  COMFY_BIND=127.0.0.1
+  COMFY_BIND_PORT="$COMFY_INTERNAL_PORT"
+  if is_on "${COMFY_NO_AUTH:-0}"; then
+    COMFY_BIND="${COMFY_LISTEN:-$LISTEN}"
+    COMFY_BIND_PORT="$COMFY_PORT"
+    log "comfyui: WARNING: COMFY_NO_AUTH=1: ComfyUI answers anyone on $COMFY_BIND:$COMFY_PORT (no proxy, no credential)"
+    return
+  fi
+  [[ -x "$CADDY_BIN" ]] ||
+    die "comfyui: no proxy at $CADDY_BIN (the image installs caddy); COMFY_NO_AUTH=1 opens ComfyUI without one"
+  if [[ $EUID -eq 0 ]]; then
+    id -u "$PROXY_USER" >/dev/null 2>&1 || die "comfyui: the proxy's user '$PROXY_USER' does not exist"
+    install -d -m 0750 -o root -g "$(id -g "$PROXY_USER")" "$dir"
+    group=(--group "$(id -g "$PROXY_USER")")
+    run_as=(setpriv --reuid="$(id -u "$PROXY_USER")" --regid="$(id -g "$PROXY_USER")" --init-groups --)
+  else
+    install -d -m 0700 "$dir"
+  fi
+  origin_args "$COMFY_PORT"
+  line="$(with_secrets COMFY_TOKEN -- root_python "$RUNTIME_DIR/aiclipse_config.py" proxy \
+    --dir "$dir" --listen "${COMFY_LISTEN:-$LISTEN}" --port "$COMFY_PORT" \
+    --upstream-port "$COMFY_INTERNAL_PORT" --user "${COMFY_USER:-comfy}" "${group[@]}" \
+    "${ORIGIN_ARGS[@]}")" || die "comfyui: cannot write the proxy's config in $dir (see above)"
+  (
+    export HOME=/tmp XDG_CONFIG_HOME=/tmp/caddy-config XDG_DATA_HOME=/tmp/caddy-data
+    exec "${run_as[@]}" "$CADDY_BIN" run --config "$dir/Caddyfile" --adapter caddyfile &
+  )
+  log "comfyui: proxy on ${COMFY_LISTEN:-$LISTEN}:$COMFY_PORT -> 127.0.0.1:$COMFY_INTERNAL_PORT, $line"
 }
 
 download_models() {
@@ -252,10 +390,11 @@ download_models() {
     log "models: nothing to download (MODELS_DOWNLOAD=${MODELS_DOWNLOAD:-1}, no manifest found)"
     return
   fi
-  local cmd=(as_user "$PYTHON" "$RUNTIME_DIR/download_models.py" "${manifests[@]}"
+  local cmd=(with_secrets HF_TOKEN CIVITAI_TOKEN -- as_user "$PYTHON"
+    "$RUNTIME_DIR/download_models.py" "${manifests[@]}"
     --models-dir "$ROOT/models" --jobs "${MODELS_JOBS:-3}")
   if is_on "${MODELS_ASYNC:-0}"; then
-    detach models_in_background "${cmd[@]}"
+    (models_in_background "${cmd[@]}" &)
     log "models: downloading in the background (MODELS_ASYNC=1); a 'models: done' line follows"
     return
   fi
@@ -270,14 +409,35 @@ download_models() {
   fi
 }
 
+# The shell that waits for a background download (root, to log its end) keeps no secret:
+# the downloader got its tokens when it was started.
 models_in_background() {
-  local status=0
-  "$@" || status=$?
+  local status=0 pid
+  "$@" &
+  pid=$!
+  SECRETS=()
+  wait "$pid" || status=$?
   if [[ $status -eq 0 ]]; then
     log "models: done, all present"
   else
     log "models: done with failures (download_models.py exited $status, see above)"
   fi
+}
+
+# Runtime node installs run as the runtime user, never as root (the manifest and every
+# requirement are the user's to write). The packages go into a venv of the runtime user's
+# own that sees the image's packages (a .pth file); ComfyUI then runs with its Python.
+nodes_python() {
+  local venv="$RUNTIME_HOME/.local/share/aiclipse/nodes-venv" base own
+  if [[ ! -x "$venv/bin/python" ]]; then
+    as_user "$PYTHON" -m venv --without-pip "$venv" || die "nodes: cannot make $venv"
+  fi
+  base="$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
+  own="$(as_user "$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
+  # shellcheck disable=SC2016 # $1 and $2 are the inner sh's
+  as_user sh -c 'printf "%s\n" "$1" >"$2"' sh \
+    "import site; site.addsitedir('$base')" "$own/aiclipse-image-packages.pth"
+  NODES_PYTHON="$venv/bin/python"
 }
 
 install_nodes() {
@@ -290,9 +450,11 @@ install_nodes() {
     log "nodes: no manifest at $NODES_MANIFEST; nothing to install"
     return
   fi
-  log "nodes: installing from $NODES_MANIFEST (commit-pinned, one node at a time)"
-  "$PYTHON" "$RUNTIME_DIR/install_nodes.py" --manifest "$NODES_MANIFEST" \
-    --custom-nodes "$ROOT/custom_nodes" --owner "$RUNTIME_UID:$RUNTIME_GID" || status=$?
+  nodes_python
+  COMFY_PYTHON="$NODES_PYTHON"
+  log "nodes: installing from $NODES_MANIFEST as $RUNTIME_USER, packages into ${NODES_PYTHON%/bin/python} (commit-pinned, one node at a time)"
+  as_user "$NODES_PYTHON" "$RUNTIME_DIR/install_nodes.py" --manifest "$NODES_MANIFEST" \
+    --custom-nodes "$ROOT/custom_nodes" --python "$NODES_PYTHON" || status=$?
   if [[ $status -eq 0 ]]; then
     log "nodes: all installed"
   elif is_on "${NODES_REQUIRED:-0}"; then
@@ -303,12 +465,10 @@ install_nodes() {
 }
 
 start_comfyui() {
-  local args extra=() user_paths="$ROOT/extra_model_paths.user.yaml"
+  local args extra=() user_paths="$ROOT/extra_model_paths.user.yaml" name pass=()
+  local list="${AICLIPSE_PASS_ENV:-}"
   read -r -a extra <<<"${COMFY_ARGS:-}"
-  args=(--listen "${COMFY_LISTEN:-$LISTEN}" --port "${COMFY_PORT:-8188}")
-  if is_on "${COMFY_CORS:-1}"; then
-    args+=(--enable-cors-header ${COMFY_CORS_ORIGIN:+"$COMFY_CORS_ORIGIN"})
-  fi
+  args=(--listen "$COMFY_BIND" --port "$COMFY_BIND_PORT")
   args+=(--extra-model-paths-config "$MODEL_PATHS_CONFIG")
   [[ -f "$user_paths" ]] && args+=("$user_paths")
   args+=(--output-directory "$ROOT/output" --input-directory "$ROOT/input"
@@ -317,17 +477,23 @@ start_comfyui() {
   if [[ "$MANAGER_MODE" == package && " ${extra[*]} " != *" --enable-manager "* ]]; then
     args+=(--enable-manager)
   fi
-  log "comfyui: starting on port ${COMFY_PORT:-8188} as $RUNTIME_USER (COMFY_ARGS: ${COMFY_ARGS:-none})"
+  # ComfyUI gets only the secrets AICLIPSE_PASS_ENV names (e.g. an API node's key).
+  for name in ${list//,/ }; do
+    pass+=("$name")
+  done
+  log "comfyui: starting on $COMFY_BIND:$COMFY_BIND_PORT as $RUNTIME_USER (COMFY_ARGS: ${COMFY_ARGS:-none}; secrets passed: ${pass[*]:-none})"
   cd "$COMFY_DIR"
-  if [[ $EUID -eq 0 ]]; then
-    exec env HOME="$RUNTIME_HOME" USER="$RUNTIME_USER" LOGNAME="$RUNTIME_USER" \
-      setpriv --reuid="$RUNTIME_UID" --regid="$RUNTIME_GID" --init-groups -- \
-      "$PYTHON" main.py "${args[@]}" "${extra[@]}"
-  fi
-  exec "$PYTHON" main.py "${args[@]}" "${extra[@]}"
+  for name in "${pass[@]}"; do
+    if [[ -v "SECRETS[$name]" ]]; then export "${name?}=${SECRETS[$name]}"; fi
+  done
+  SECRETS=()
+  exec_as_user "$COMFY_PYTHON" main.py "${args[@]}" "${extra[@]}"
 }
 
 main() {
+  scrub_environment "$@"
+  COMFY_PYTHON="$PYTHON"
+  validate_environment
   resolve_user
   prepare_volume
   write_model_paths
@@ -336,6 +502,7 @@ main() {
   setup_ssh
   start_jupyter
   start_filebrowser
+  start_proxy
   install_nodes
   download_models
   start_comfyui

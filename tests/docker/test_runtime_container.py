@@ -36,8 +36,15 @@ CANARIES = {
     "HF_TOKEN": "canary-hf-7f3a9c1e5b",
     "CIVITAI_TOKEN": "canary-civitai-2d8e4f6a0c",
     "JUPYTER_TOKEN": "canary-jupyter-9b1d3f5e7a",
+    "COMFY_TOKEN": "canary-comfy-4c6e8a0b2d",
+    "FILEBROWSER_PASSWORD": "canary-filebrowser-1a3c5e7",
 }
+POD = "testpod1"  # RUNPOD_POD_ID: its proxy origin is https://testpod1-<port>.proxy.runpod.net
+OK_ORIGIN = "https://ok.example"  # AICLIPSE_ALLOWED_ORIGINS
+EVIL = "https://evil.example"
 RUN_ID = uuid.uuid4().hex[:8]
+COMFY_GENERATED = r"comfyui: proxy on .* generated token \(shown once, kept in \S+\): (\S+)"
+JUPYTER_GENERATED = r"jupyter: port \d+, generated token \(shown once, kept in \S+\): (\S+)"
 
 
 @pytest.fixture(scope="module")
@@ -116,16 +123,19 @@ class Runtime:
 
     def __init__(self, image: str, volume: str, mounts: list[str], env: dict[str, str]):
         self.image, self.volume, self.mounts = image, volume, mounts
-        self.ports = {name: free_port() for name in ("COMFY", "SSH", "JUPYTER", "FILEBROWSER")}
+        names = ("COMFY", "COMFY_INTERNAL", "SSH", "JUPYTER", "FILEBROWSER")
+        self.ports = {name: free_port() for name in names}
         self.env = {
             "AICLIPSE_LISTEN": "127.0.0.1",
             "COMFY_PORT": str(self.ports["COMFY"]),
+            "COMFY_INTERNAL_PORT": str(self.ports["COMFY_INTERNAL"]),
             "SSH_PORT": str(self.ports["SSH"]),
             "JUPYTER_PORT": str(self.ports["JUPYTER"]),
             "FILEBROWSER_PORT": str(self.ports["FILEBROWSER"]),
             **env,
         }
         self.names: list[str] = []
+        self.token = env.get("COMFY_TOKEN", "")  # the proxy's; a generated one is read from logs
 
     def start(self, **overrides: str | None) -> str:
         name = f"{self.volume}-{len(self.names)}"
@@ -147,14 +157,22 @@ class Runtime:
         self.started = time.monotonic()
         return name
 
+    @property
+    def auth(self) -> dict[str, str]:
+        return harness.basic_auth("comfy", self.token)
+
     def comfy(self, path: str) -> object:
-        status, _, body = harness.http_get(f"http://127.0.0.1:{self.ports['COMFY']}{path}")
+        url = f"http://127.0.0.1:{self.ports['COMFY']}{path}"
+        status, _, body = harness.http_get(url, headers=self.auth)
         assert status == 200, (path, status, body)
         return json.loads(body)
 
     def wait_comfy(self, name: str, timeout: float = 120) -> float:
         url = f"http://127.0.0.1:{self.ports['COMFY']}/system_stats"
-        return harness.wait_http(url, timeout, name) - self.started
+        if not self.token:
+            text = harness.wait_log(name, r"comfyui: proxy on", timeout)
+            self.token = re.search(COMFY_GENERATED, text)[1]
+        return harness.wait_http(url, timeout, name, headers=self.auth) - self.started
 
     def close(self) -> None:
         for name in self.names:
@@ -184,6 +202,15 @@ def volume_checksums(name: str) -> dict[str, str]:
 # --------------------------------------------------------------------------------------------
 # Scenario 1: models, ComfyUI, ssh, Jupyter, canaries; then a restart on the same volume.
 
+FAKE_FILEBROWSER = """#!/bin/sh
+# Stand-in for FileBrowser: records what start.sh gave it, makes the database, waits.
+{ echo "uid=$(id -u)"; echo "FB_USERNAME=$FB_USERNAME"; echo "FB_PASSWORD=$FB_PASSWORD";
+  printf 'arg=%s\\n' "$@"; } > /tmp/fake-filebrowser.txt
+touch "$2"
+exec sleep 100000
+"""
+
+
 MODEL_FILES = {
     "/files/base.safetensors": harness.safetensors_bytes(300_000, seed=1),
     "/files/lora.safetensors": harness.safetensors_bytes(50_000, seed=2),
@@ -192,7 +219,17 @@ MODEL_FILES = {
 
 
 @pytest.fixture(scope="module")
-def scenario(image, keys, tmp_path_factory):
+def fake_filebrowser(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("filebrowser")
+    folder.chmod(0o755)
+    fake = folder / "filebrowser"
+    fake.write_text(FAKE_FILEBROWSER)
+    fake.chmod(0o755)
+    return fake
+
+
+@pytest.fixture(scope="module")
+def scenario(image, keys, fake_filebrowser, tmp_path_factory):
     folder = tmp_path_factory.mktemp("manifests")
     folder.chmod(0o755)  # the runtime user reads the bind mount
     with harness.ModelServer(MODEL_FILES) as server:
@@ -206,12 +243,14 @@ def scenario(image, keys, tmp_path_factory):
         runtime = Runtime(
             image,
             f"aiclipse-rt-{RUN_ID}-a",
-            [f"{folder}:/manifests:ro"],
+            [f"{folder}:/manifests:ro", f"{fake_filebrowser}:/usr/local/bin/filebrowser:ro"],
             {
                 **CANARIES,
                 "AICLIPSE_TOKEN_HOSTS": "127.0.0.1=HF_TOKEN",  # the HF token goes to our server
                 "PUBLIC_KEY": public,
                 "COMFY_ARGS": "--cpu",
+                "RUNPOD_POD_ID": POD,
+                "AICLIPSE_ALLOWED_ORIGINS": OK_ORIGIN,
             },
         )
         try:
@@ -243,8 +282,9 @@ def test_comfyui_runs_as_the_runtime_user_with_the_expected_args(scenario):
     runtime, first = scenario["runtime"], scenario["first"]
     argv = runtime.comfy("/system_stats")["system"]["argv"]
     assert argv[0] == "main.py"
-    assert ["--listen", "127.0.0.1", "--port", runtime.env["COMFY_PORT"]] == argv[1:5]
-    assert "--enable-cors-header" in argv and argv[-1] == "--cpu"
+    # ComfyUI itself on loopback, behind the proxy; no CORS of its own (the proxy's)
+    assert ["--listen", "127.0.0.1", "--port", runtime.env["COMFY_INTERNAL_PORT"]] == argv[1:5]
+    assert "--enable-cors-header" not in argv and argv[-1] == "--cpu"
     assert f"{ROOT}/.aiclipse/extra_model_paths.yaml" in argv
     script = (
         "import pathlib\n"
@@ -374,14 +414,6 @@ def test_restart_on_the_same_volume(scenario, keys):
 # Scenario 2: models in the background, a generated Jupyter token, runtime nodes, FileBrowser's
 # code path (stand-in binary).
 
-FAKE_FILEBROWSER = """#!/bin/sh
-# Stand-in for FileBrowser: records what start.sh gave it, makes the database, waits.
-{ echo "uid=$(id -u)"; echo "FB_USERNAME=$FB_USERNAME"; echo "FB_PASSWORD=$FB_PASSWORD";
-  printf 'arg=%s\\n' "$@"; } > /tmp/fake-filebrowser.txt
-touch "$2"
-exec sleep 100000
-"""
-
 
 DONE = r"models: done(,| with)"
 
@@ -429,7 +461,7 @@ def test_async_models_generated_secrets_nodes_and_filebrowser(image, tmp_path):
             assert "models: done, all present" in logs
             assert runtime.comfy("/models/checkpoints") == ["slow.safetensors"]
 
-            token = re.search(r"generated token \(shown once, kept in \S+\): (\S+)", logs)[1]
+            token = re.search(JUPYTER_GENERATED, logs)[1]
             base = f"http://127.0.0.1:{runtime.ports['JUPYTER']}/api/status"
             harness.wait_http(f"{base}?token={token}", 90, first)
             assert harness.http_get(base)[0] == 403
@@ -459,5 +491,398 @@ def test_async_models_generated_secrets_nodes_and_filebrowser(image, tmp_path):
             assert "token generated at first start" in logs
             assert "credentials as set at first start" in logs
             harness.wait_http(f"{base}?token={token}", 90, second)  # the same token still works
+        finally:
+            runtime.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 14: the runtime under attack. Each test names the attack that broke it before.
+
+ENVIRON_SCAN = r"""
+import json, os, pathlib
+me = os.getpid()
+found = {}
+for proc in pathlib.Path('/proc').glob('[0-9]*'):
+    pid = int(proc.name)
+    if pid in (1, me):  # tini (docker's own copy of the config) and this scan
+        continue
+    try:
+        environ = (proc / 'environ').read_bytes().decode(errors='replace')
+        comm = (proc / 'comm').read_text().strip()
+        uid = (proc / 'status').read_text().split('Uid:')[1].split()[0]
+    except OSError:
+        continue
+    found[f'{pid} {comm} uid={uid}'] = environ
+print(json.dumps(found))
+"""
+
+
+def test_no_secret_in_any_process_environment(scenario):
+    """Attack: a custom node or Jupyter kernel read HF_TOKEN, CIVITAI_TOKEN, JUPYTER_PASSWORD,
+    FILEBROWSER_PASSWORD from /proc/<pid>/environ of ComfyUI, jupyter-lab, FileBrowser (same
+    uid), and a root `bash start.sh` stayed behind holding them all."""
+    first = scenario["first"]
+    environs = json.loads(exec_(first, "python3", "-c", ENVIRON_SCAN))
+    comms = " ".join(environs)
+    for service in ("python", "jupyter-lab", "caddy", "sshd", "sleep"):  # sleep: FileBrowser
+        assert service in comms, environs.keys()
+    assert " bash " not in f" {comms} ".replace(" uid=", " "), environs.keys()  # none left
+    for where, environ in environs.items():
+        for name, value in CANARIES.items():
+            assert value not in environ, f"{name} in the environment of {where}"
+    # tini's (PID 1) is docker's container config: root's, unreadable to the runtime user.
+    denied = harness.docker("exec", "-u", "1000", first, "cat", "/proc/1/environ", check=False)
+    assert denied.returncode != 0 and CANARIES["HF_TOKEN"] not in denied.stdout
+
+
+def test_comfyui_only_through_the_authenticating_proxy(scenario):
+    """Attack: ComfyUI answered anyone with its URL, and `--enable-cors-header *` let any web
+    page drive it (queue prompts, upload, install nodes through Manager)."""
+    runtime = scenario["runtime"]
+    base = f"http://127.0.0.1:{runtime.ports['COMFY']}"
+    for path in ("/", "/system_stats", "/object_info", "/api/system_stats"):
+        assert harness.http_get(base + path)[0] == 401, path
+    wrong = harness.basic_auth("comfy", "wrong-token-000000")
+    assert harness.http_get(base + "/system_stats", headers=wrong)[0] == 401
+    good = runtime.auth
+    for origin in (
+        EVIL,
+        "null",
+        f"{OK_ORIGIN}.evil.example",
+        f"http://{POD}-8188.proxy.runpod.net",
+    ):
+        status, headers, _ = harness.http_get(
+            base + "/system_stats", headers={**good, "Origin": origin}
+        )
+        assert status == 403 and "Access-Control-Allow-Origin" not in headers, origin
+    pod_origin = f"https://{POD}-{runtime.ports['COMFY']}.proxy.runpod.net"
+    for origin in (pod_origin, OK_ORIGIN):
+        status, headers, _ = harness.http_get(
+            base + "/system_stats", headers={**good, "Origin": origin}
+        )
+        assert status == 200 and headers["Access-Control-Allow-Origin"] == origin
+    # a WebSocket handshake is checked the same way (the proxy answers before ComfyUI)
+    assert websocket(runtime.ports["COMFY"], "/ws", EVIL, good).startswith("HTTP/1.1 403")
+    assert websocket(runtime.ports["COMFY"], "/ws", EVIL, {}).startswith("HTTP/1.1 403")
+    assert websocket(runtime.ports["COMFY"], "/ws", pod_origin, {}).startswith("HTTP/1.1 401")
+    # the proxy's config and token are unreadable to the runtime user (ComfyUI's nodes)
+    denied = harness.docker(
+        "exec", "-u", "1000", scenario["first"], "cat", f"{ROOT}/.aiclipse/proxy/Caddyfile",
+        check=False,
+    )  # fmt: skip
+    assert denied.returncode != 0
+
+
+def websocket(port: int, path: str, origin: str, headers: dict[str, str], query: str = "") -> str:
+    """The status line and headers of a WebSocket handshake to 127.0.0.1:port."""
+    lines = [
+        f"GET {path}{query} HTTP/1.1",
+        f"Host: 127.0.0.1:{port}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version: 13",
+        f"Origin: {origin}",
+        *(f"{k}: {v}" for k, v in headers.items()),
+    ]
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    return answer.decode(errors="replace")
+
+
+def test_jupyter_refuses_cross_site_websockets_and_sets_safe_cookies(scenario):
+    """Attack: with allow_origin '*', a page on another origin with the user's cookie opened a
+    terminal WebSocket and ran `id` (101 Switching Protocols); the cookie had no SameSite."""
+    runtime = scenario["runtime"]
+    port = runtime.ports["JUPYTER"]
+    token = CANARIES["JUPYTER_TOKEN"]
+    harness.wait_http(f"http://127.0.0.1:{port}/api/status?token={token}", 90, scenario["first"])
+    pod_origin = f"https://{POD}-{port}.proxy.runpod.net"
+    query = f"?token={token}"
+    evil = websocket(port, "/api/events/subscribe", EVIL, {}, query)
+    assert evil.startswith("HTTP/1.1 403"), evil
+    for origin in (pod_origin, OK_ORIGIN, f"http://127.0.0.1:{port}"):
+        good = websocket(port, "/api/events/subscribe", origin, {}, query)
+        assert good.startswith("HTTP/1.1 101"), (origin, good)
+    status, headers, _ = harness.http_get(f"http://127.0.0.1:{port}/login")
+    cookies = headers.get_all("Set-Cookie") or []
+    assert status == 200 and cookies, headers
+    for cookie in cookies:  # behind RunPod's https proxy: Secure too
+        assert "samesite=lax" in cookie.lower() and "secure" in cookie.lower(), cookie
+    status, headers, _ = harness.http_get(
+        f"http://127.0.0.1:{port}/api/status",
+        headers={"Origin": EVIL, "Authorization": f"token {token}"},
+    )
+    assert headers.get("Access-Control-Allow-Origin") in (None, ""), headers
+
+
+def bridge_ip(name: str) -> str:
+    return harness.docker(
+        "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", name
+    ).stdout.strip()
+
+
+def listening(name: str) -> set[int]:
+    """Ports something listens on, on a non-loopback address, inside the container."""
+    out = exec_(name, "cat", "/proc/net/tcp", "/proc/net/tcp6")
+    ports = set()
+    for line in out.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) > 3 and fields[3] == "0A":
+            address, port_hex = fields[1].rsplit(":", 1)
+            if address not in ("0100007F", "00000000000000000000000001000000"):
+                ports.add(int(port_hex, 16))
+    return ports
+
+
+def test_a_container_without_variables_answers_nothing_without_a_credential(
+    image, fake_filebrowser
+):
+    """No variable at all, attacked from the docker bridge: every port asks for a credential,
+    each generated credential is printed once."""
+    name, volume = f"aiclipse-rt-{RUN_ID}-bare", f"aiclipse-rt-{RUN_ID}-bare"
+    try:
+        harness.docker(
+            "run", "-d", "--name", name, "-v", f"{volume}:/workspace",
+            "-v", f"{fake_filebrowser}:/usr/local/bin/filebrowser:ro", image,
+        )  # fmt: skip
+        text = harness.wait_log(name, r"comfyui: starting", 60)
+        comfy_token = re.search(COMFY_GENERATED, text)[1]
+        jupyter_token = re.search(JUPYTER_GENERATED, text)[1]
+        password = re.search(r"generated password \(shown once\): (\S+)", text)[1]
+        ip = bridge_ip(name)
+        auth = harness.basic_auth("comfy", comfy_token)
+        harness.wait_http(f"http://{ip}:8188/system_stats", 60, name, headers=auth)
+        harness.wait_http(f"http://{ip}:8888/api/status?token={jupyter_token}", 90, name)
+        assert listening(name) == {8188, 8888}  # ComfyUI itself on loopback; no sshd (no key)
+        for path in ("/", "/system_stats", "/prompt", "/queue", "/api/userdata"):
+            assert harness.http_get(f"http://{ip}:8188{path}")[0] == 401, path
+        for path in ("/api/status", "/api/contents", "/api/kernels", "/api/terminals"):
+            assert harness.http_get(f"http://{ip}:8888{path}")[0] == 403, path
+        status, headers, _ = harness.http_get(f"http://{ip}:8888/")
+        assert status == 302 and "/login" in headers["Location"]
+        assert not port_open_at(ip, 8188 + 10000) and not port_open_at(ip, 22)
+        logs = harness.logs(name)
+        for value in (comfy_token, jupyter_token, password):
+            assert logs.count(value) == 1, value
+    finally:
+        harness.remove_container(name)
+        harness.remove_volume(volume)
+
+
+def port_open_at(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+GOOD_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl me"
+
+
+@pytest.mark.parametrize(
+    ("variables", "named", "rule"),
+    [
+        # the attack: a newline in SSH_PORT injected sshd options (first value wins in sshd)
+        ({"SSH_PORT": "2222\nPasswordAuthentication yes\nAuthorizedKeysFile /workspace/k",
+          "PUBLIC_KEY": GOOD_KEY}, "SSH_PORT", "must be a port number"),
+        ({"SSH_PORT": "70000"}, "SSH_PORT", "1 to 65535"),
+        ({"COMFY_PORT": "8188 "}, "COMFY_PORT", "must be a port number"),
+        ({"RUNTIME_USER": "comfy\nAllowUsers root"}, "RUNTIME_USER", "must be a user name"),
+        ({"AICLIPSE_LISTEN": "0.0.0.0\nPasswordAuthentication yes"}, "AICLIPSE_LISTEN",
+         "must be an IPv4 or IPv6 address"),
+        ({"PUBLIC_KEY": f'command="id > /tmp/x" {GOOD_KEY}'}, "PUBLIC_KEY line 1",
+         "no options"),
+        ({"PUBLIC_KEY": f"#\ncert-authority {GOOD_KEY}"}, "PUBLIC_KEY line 2", "no options"),
+        ({"SSH_PUBLIC_KEY": "ssh-ed25519 AAAAB3NzaC1yc2E= x"}, "SSH_PUBLIC_KEY line 1",
+         "is not a ssh-ed25519 key"),
+        ({"JUPYTER_TOKEN": "short"}, "JUPYTER_TOKEN", "at least 16 characters"),
+        ({"JUPYTER_PASSWORD": "short"}, "JUPYTER_PASSWORD", "at least 12 characters"),
+        ({"COMFY_TOKEN": "short"}, "COMFY_TOKEN", "at least 16 characters"),
+        ({"FILEBROWSER_PASSWORD": "elevenchars"}, "FILEBROWSER_PASSWORD", "at least 12"),
+        ({"AICLIPSE_ALLOWED_ORIGINS": "*"}, "AICLIPSE_ALLOWED_ORIGINS", "never allowed"),
+        ({"COMFY_ARGS": "--cpu --listen 0.0.0.0"}, "COMFY_ARGS", "must not set --listen"),
+        ({"JUPYTER_ENABLE": "True"}, "JUPYTER_ENABLE", "must be one of"),
+    ],
+)  # fmt: skip
+def test_a_bad_variable_stops_the_start_naming_it_and_the_rule(image, variables, named, rule):
+    name = f"aiclipse-rt-{RUN_ID}-bad-{uuid.uuid4().hex[:6]}"
+    argv = ["run", "--name", name, "--network", "none"]
+    for key in variables:
+        argv += ["-e", key]
+    try:
+        done = subprocess.run(
+            ["docker", *argv, image],
+            env={**os.environ, **variables},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        out = done.stdout + done.stderr
+        assert done.returncode == 1, out
+        assert f"invalid variable: {named}" in out and rule in out, out
+        assert "comfyui: starting" not in out and "ssh: key-only" not in out
+        secret = variables.get("JUPYTER_TOKEN") or variables.get("COMFY_TOKEN")
+        if secret:
+            assert secret not in out  # the rule, never the value of a secret
+    finally:
+        harness.remove_container(name)
+
+
+HOSTILE_MANAGER = {
+    # duplicate keys (the last wins), a second [default], the key's case, a switch turned on
+    "__manager/config.ini": "[default]\nsecurity_level = strong\nsecurity_level = weak\n"
+    "share_option = none\n[default]\nSecurity_Level = WEAK\nallow_pip_install = True\n",
+    # [DEFAULT] fills in what [default] lacks
+    "default/ComfyUI-Manager/config.ini": "[DEFAULT]\nsecurity_level = weak\n[default]\n"
+    "network_mode = public\n",
+}
+
+
+def prepare_volume(image: str, volume: str, script: str, user: str = "1000") -> None:
+    """Write onto the volume as the runtime user (or root) would, before a start."""
+    harness.docker(
+        "run", "--rm", "--network", "none", "-u", user, "-v", f"{volume}:/workspace",
+        "--entrypoint", "sh", image, "-c", f"mkdir -p {ROOT} && cd {ROOT} && {script}",
+    )  # fmt: skip
+
+
+def manager_reads(text: str) -> dict[str, str]:
+    """What ComfyUI-Manager reads from config.ini (comfyui_manager.glob.manager_core)."""
+    import configparser
+
+    config = configparser.ConfigParser(strict=False)
+    config.read_string(text)
+    return dict(config["default"])
+
+
+def test_the_manager_level_holds_against_every_config_trick(image):
+    """Attack: security_level written twice (or [default] twice) made aiclipse_config.py raise,
+    the failure was lost in `log "$(...)"`, and Manager (strict=False, last wins) read weak."""
+    volume = f"aiclipse-rt-{RUN_ID}-mgr"
+    name = f"{volume}-0"
+    writes = " && ".join(
+        f"mkdir -p $(dirname user/{rel}) && printf '%s' '{text}' > user/{rel}"
+        for rel, text in HOSTILE_MANAGER.items()
+    )
+    try:
+        harness.docker("volume", "create", volume)
+        prepare_volume(image, volume, "mkdir -p user && chown 1000:1000 . user", user="0")
+        prepare_volume(image, volume, writes)
+        for text in HOSTILE_MANAGER.values():
+            assert manager_reads(text)["security_level"].lower() == "weak"  # the attack works
+        harness.docker(
+            "run", "-d", "--name", name, "--network", "none", "-e", "JUPYTER_ENABLE=0",
+            "-v", f"{volume}:/workspace", image,
+        )  # fmt: skip
+        logs = harness.wait_log(name, r"comfyui: starting", 60)
+        assert "security_level weak -> normal" in logs, logs
+        for rel in HOSTILE_MANAGER:
+            seen = manager_reads(exec_(name, "cat", f"{ROOT}/user/{rel}"))
+            assert seen["security_level"] == "normal", (rel, seen)
+            assert seen.get("allow_pip_install", "false").lower() != "true", (rel, seen)
+        assert (
+            manager_reads(exec_(name, "cat", f"{ROOT}/user/__manager/config.ini"))["share_option"]
+            == "none"
+        )  # the user's other settings kept
+    finally:
+        harness.remove_container(name)
+        harness.remove_volume(volume)
+
+
+@pytest.mark.parametrize(
+    ("script", "user", "message"),
+    [
+        ("mkdir -p user/__manager/config.ini && chown -R 1000:1000 .", "0", "manager: cannot"),
+        ("mkdir -p .aiclipse/extra_model_paths.yaml", "0", "model paths: cannot write"),
+    ],
+)
+def test_a_failing_config_step_stops_the_start(image, script, user, message):
+    volume = f"aiclipse-rt-{RUN_ID}-fail-{uuid.uuid4().hex[:6]}"
+    name = f"{volume}-0"
+    try:
+        harness.docker("volume", "create", volume)
+        prepare_volume(image, volume, script, user=user)
+        done = harness.docker(
+            "run", "--name", name, "--network", "none", "-e", "JUPYTER_ENABLE=0",
+            "-v", f"{volume}:/workspace", image, check=False, timeout=120,
+        )  # fmt: skip
+        out = done.stdout + done.stderr
+        assert done.returncode == 1 and message in out, out
+        assert "comfyui: starting" not in out
+    finally:
+        harness.remove_container(name)
+        harness.remove_volume(volume)
+
+
+EVIL_BACKEND = """import os
+
+
+def _mark():
+    with open("/tmp/evil-ran", "a") as out:
+        out.write(f"uid={os.getuid()} euid={os.geteuid()}\\n")
+    try:
+        with open("/root/pwned", "w") as out:
+            out.write("root\\n")
+    except OSError:
+        pass
+
+
+def get_requires_for_build_wheel(config_settings=None):
+    _mark()
+    return []
+
+
+def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):
+    _mark()
+    raise RuntimeError("evil backend: done")
+
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    _mark()
+    raise RuntimeError("evil backend: done")
+"""
+
+
+def test_a_hostile_node_manifest_never_builds_as_root(image, tmp_path):
+    """Attack: the runtime nodes manifest lives on the volume (the runtime user's); with
+    NODES_INSTALL=1, install_nodes.py ran as root and pip built a node's local requirement,
+    whose build backend wrote /root as uid 0."""
+    node = tmp_path / "node"
+    node.mkdir()
+    (node / "__init__.py").write_text("NODE_CLASS_MAPPINGS = {}\n")
+    (node / "requirements.txt").write_text(f"evilpkg @ file://{ROOT}/evilpkg\n")
+    _, commit = make_repo(node, tmp_path / "git" / "EvilNode")
+    volume = f"aiclipse-rt-{RUN_ID}-evil"
+    backend = EVIL_BACKEND.replace("'", "'\"'\"'")
+    pyproject = '[project]\nname = "evilpkg"\nversion = "1"\n[build-system]\nrequires = []\n'
+    pyproject += 'build-backend = "evil_backend"\nbackend-path = ["."]\n'
+    with GitServer(tmp_path / "git") as git:
+        runtime = Runtime(image, volume, [], {"NODES_INSTALL": "1", "JUPYTER_ENABLE": "0"})
+        try:
+            harness.docker("volume", "create", volume)
+            prepare_volume(image, volume, f"chown 1000:1000 {ROOT}", user="0")
+            prepare_volume(
+                image,
+                volume,
+                f"mkdir evilpkg && printf '%s' '{backend}' > evilpkg/evil_backend.py && "
+                f"printf '%s' '{pyproject}' > evilpkg/pyproject.toml && "
+                f"echo '{git.url('EvilNode')}@{commit}' > nodes_manifest.txt",
+            )
+            first = runtime.start()
+            logs = harness.wait_log(first, r"nodes: (all installed|install_nodes.py exited)", 120)
+            ran = exec_(first, "cat", "/tmp/evil-ran")
+            assert "uid=1000 euid=1000" in ran and "uid=0" not in ran, ran  # it ran, not as root
+            pwned = harness.docker("exec", first, "test", "-e", "/root/pwned", check=False)
+            assert pwned.returncode != 0, "the node's build backend wrote /root"
+            assert "installing from" in logs and "as comfy" in logs
         finally:
             runtime.close()

@@ -128,6 +128,7 @@ def run_start_sh(tmp_path: Path, **env: str) -> tuple[list[str], Path]:
         "MODELS_MANIFEST": none,
         "FILEBROWSER_BIN": none,
         "JUPYTER_ENABLE": "0",
+        "COMFY_NO_AUTH": "1",  # no caddy here: the proxy is the docker tier's
         **env,
     }
     done = subprocess.run(

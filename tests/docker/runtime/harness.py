@@ -58,6 +58,7 @@ def build_context(dest: Path) -> Path:
     (dest / "manifests" / "models_manifest.txt").write_text(
         "# the test image ships no models; tests mount their own manifest over /manifests\n"
     )
+    (dest / "manager-config.ini").write_text("[default]\nsecurity_level = normal\n")
     runtime = dest / "runtime"
     runtime.mkdir()
     for name in RUNTIME_FILES:
@@ -136,12 +137,14 @@ def http_get(url: str, timeout: float = 5, headers: dict | None = None):
         return err.code, err.headers, body
 
 
-def wait_http(url: str, timeout: float, container: str | None = None) -> float:
+def wait_http(
+    url: str, timeout: float, container: str | None = None, headers: dict | None = None
+) -> float:
     """Poll ``url`` until it answers 2xx; return the monotonic time it did. Fails with logs."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            status, _, _ = http_get(url, timeout=2)
+            status, _, _ = http_get(url, timeout=2, headers=headers)
             if 200 <= status < 300:
                 return time.monotonic()
         except OSError:
@@ -283,6 +286,13 @@ def safetensors_bytes(n_floats: int, seed: int = 0) -> bytes:
     header += b" " * (-len(header) % 8)
     data = hashlib.sha256(str(seed).encode()).digest() * (4 * n_floats // 32 + 1)
     return len(header).to_bytes(8, "little") + header + data[: 4 * n_floats]
+
+
+def basic_auth(user: str, token: str) -> dict[str, str]:
+    """The header the proxy in front of ComfyUI asks for."""
+    import base64
+
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{token}".encode()).decode()}
 
 
 @contextlib.contextmanager
