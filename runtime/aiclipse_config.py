@@ -503,7 +503,7 @@ def caddyfile(
 
 def _current_hash(path: Path) -> str | None:
     try:
-        match = re.search(r"^\t\t\t\S+ (\S+)$", path.read_text(encoding="utf-8"), re.M)
+        match = re.search(r"basicauth \{\n\t+\S+ (\S+)\n", path.read_text(encoding="utf-8"))
     except OSError:
         return None
     return base64.b64decode(match[1]).decode() if match else None
