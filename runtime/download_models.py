@@ -80,7 +80,7 @@ USER_AGENT = "aiclipse-download/1"
 MAX_REDIRECTS = 10
 PROBE_BYTES = 1024
 CHUNK = 1024 * 1024
-SPACE_CHECK_EVERY = 8 * 1024 * 1024  # bytes between free-space checks of a growing .part
+SPACE_CHECK_EVERY = 1024 * 1024  # bytes between free-space checks of a growing .part
 SNIFF_JSON_MAX = 16 * 1024 * 1024
 SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024
 REDIRECTS = (301, 302, 303, 307, 308)
@@ -473,9 +473,16 @@ class _HTTPSHandler(urllib.request.HTTPSHandler):
 
 def opener(watchdog: _Watchdog) -> urllib.request.OpenerDirector:
     """An opener that knows http and https only (no file:, ftp:, data:), follows no redirect
-    and raises for no status: every answer comes back to the caller."""
+    and raises for no status: every answer comes back to the caller; any other scheme raises
+    URLError (unknown url type)."""
     director = urllib.request.OpenerDirector()
-    for handler in (urllib.request.ProxyHandler(), _HTTPHandler(watchdog), _HTTPSHandler(watchdog)):
+    handlers = (
+        urllib.request.ProxyHandler(),
+        urllib.request.UnknownHandler(),
+        _HTTPHandler(watchdog),
+        _HTTPSHandler(watchdog),
+    )
+    for handler in handlers:
         director.add_handler(handler)
     return director
 
@@ -630,6 +637,9 @@ class Downloader:
         host = urlsplit(url).hostname
         try:
             response = opener(watchdog).open(request, timeout=self.settings.timeout)
+            if watchdog.fired:
+                response.close()
+                raise OSError("deadline")
         except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
             watchdog.disarm()
             if watchdog.fired:
@@ -705,6 +715,8 @@ class Downloader:
         finally:
             watchdog.disarm()
             response.close()
+        if watchdog.fired:  # the deadline cut the body short
+            raise self._late(urlsplit(url).hostname)
         if response.status not in (200, 206):
             raise self._status_error(response.status, url, token, response.headers, body)
         return self._accept(entry, url, token, response.status, response.headers, body)
@@ -892,7 +904,7 @@ class Downloader:
             f"--split={s.connections}",
             "--min-split-size=20M",
             "--file-allocation=none",
-            "--auto-save-interval=10",
+            "--auto-save-interval=1",  # a killed aria2c resumes from at most 1 s before
             "--console-log-level=notice",  # its redirect lines, to name a refused hop
             f"--summary-interval={10 if s.progress else 0}",
             "--show-console-readout=false",

@@ -106,7 +106,8 @@ class Server:
                     return self.simple(404, b"not found")
                 answer = route.hook(request) if route.hook else None
                 if answer is not None:
-                    return self.simple(*answer)
+                    status, headers, body = answer
+                    return self.simple(status, body, headers)
                 with server.lock:
                     status = route.first.pop(0) if route.first else None
                 if status is not None:
