@@ -627,11 +627,15 @@ def render_base_gpu(
     settings: Settings,
     overrides: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    _reset(context, keep=("Dockerfile", "layers", "wheels", "constraints.txt", "overrides.json"))
+    _reset(
+        context,
+        keep=("Dockerfile", "layers", "wheels", "sdists", "constraints.txt", "overrides.json"),
+    )
     files = {}
     for index, layer in enumerate(layers, start=1):
-        if layer.dists:  # a layer whose distributions all came earlier is empty: no stage
-            files[_layer_file(index, layer)] = layer.requirements_text(hashes=True)
+        wheels_only = dataclasses.replace(layer, dists=tuple(d for d in layer.dists if not d.build))
+        if wheels_only.dists:  # a layer whose distributions all came earlier is empty: no stage
+            files[_layer_file(index, layer)] = wheels_only.requirements_text(hashes=True)
     for name, text in files.items():
         _write(context / "layers" / name, text)
     for stale in (context / "layers").iterdir():
@@ -646,41 +650,85 @@ def render_base_gpu(
     # Each layer's stage mounts only its own requirements file and wheels: BuildKit keys a
     # RUN on the content of what it mounts, so a change to one layer re-runs only its stage.
     info, kept = [], set()
+    builds = []
     for index, layer in enumerate(layers, start=1):
         if not layer.dists:
             continue
         stem = _layer_file(index, layer).removesuffix(".txt")
-        wheels = sorted(path for dist in layer.dists if (path := local_path(dist.url)))
+        wheel_dists = [d for d in layer.dists if not d.build]
+        wheels = sorted(path for dist in wheel_dists if (path := local_path(dist.url)))
         for wheel in wheels:
             dest = context / "wheels" / stem / Path(wheel).name
             kept.add(dest)
             _link(Path(wheel), dest)
         options = ["--find-links /ctx/wheels"] if wheels else []
-        if wheels and len(wheels) == len(layer.dists):
+        if wheels and len(wheels) == len(wheel_dists):
             options.append("--no-index")  # every wheel is in the context: no index to ask
-        if target.torch_index_url and len(wheels) < len(layer.dists):
+        if target.torch_index_url and len(wheels) < len(wheel_dists):
             options.append(f"--extra-index-url {shlex.quote(target.torch_index_url)}")
+        layer_builds = [_sdist_build(context, dist, kept) for dist in layer.dists if dist.build]
+        builds += layer_builds
         info.append(
             {
                 "name": layer.name,
-                "file": f"{stem}.txt",
+                "file": f"{stem}.txt" if wheel_dists else "",
                 "count": len(layer.dists),
                 "wheels": stem if wheels else "",
                 "index_options": " ".join(options),
+                "sdists": [item["pin"] for item in layer_builds],
+                "builds": [item["stage"] for item in layer_builds],
             }
         )
     _prune(context / "wheels", kept)
+    _prune(context / "sdists", kept)
     _write(
         context / "Dockerfile",
         env.get_template("Dockerfile.base-gpu.j2").render(
             gpu=target.name,
             layers=info,
+            sdists=builds,
+            sdist_toolchain=SDIST_TOOLCHAIN,
             copy_link=settings.caps.copy_link,
             arch_list=target.torch_cuda_arch_list,
         ),
     )
     pins = {layer.name: [d.pin for d in layer.dists] for layer in layers}
-    return [{**item, "pins": pins[item["name"]]} for item in info]
+    return [
+        {k: v for k, v in {**item, "pins": pins[item["name"]]}.items() if k != "builds"}
+        for item in info
+    ]
+
+
+# The compilers an sdist build stage gets (never the image: only the built wheel leaves it).
+SDIST_TOOLCHAIN = ("build-essential", "python3-dev", "cmake", "pkg-config")
+
+
+def _sdist_build(context: Path, dist: ResolvedDist, kept: set[Path]) -> dict[str, str]:
+    """The build stage of one sdist: its pinned, hashed requirement file (and the sdist itself
+    where it lies in a local wheelhouse) under ``sdists/``."""
+    stem = f"{dist.name}-{dist.version}"
+    text = (
+        "# build: sdist (no wheel for the target; built in base-<gpu>'s sdist stage)\n"
+        f"{dist.pin} --hash=sha256:{dist.sha256}\n"
+    )
+    requirement = context / "sdists" / f"{stem}.txt"
+    _write(requirement, text)
+    kept.add(requirement)
+    local = local_path(dist.url)
+    options = ""
+    if local:
+        dest = context / "sdists" / stem / Path(local).name
+        _link(Path(local), dest)
+        kept.add(dest)
+        options = "--no-index --find-links /ctx/src"
+    return {
+        "name": dist.name,
+        "pin": dist.pin,
+        "stage": target_id(stem).lower(),
+        "file": f"{stem}.txt",
+        "src": stem if local else "",
+        "index_options": options,
+    }
 
 
 def render_template(

@@ -36,6 +36,13 @@ from pathlib import Path
 from typing import Any
 
 from ansible.module_utils.gitsource import mask_url
+from ansible.module_utils.sdists import (
+    Sdist,
+    failure_message,
+    missing_requirements,
+    probe,
+    write_stub,
+)
 from packaging.markers import Marker
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
@@ -51,7 +58,10 @@ class LayerError(ValueError):
 
 
 class ResolveError(RuntimeError):
-    """pip could not resolve the union of the layers; the message carries pip's reason."""
+    """pip could not resolve the union of the layers; the message carries pip's reason
+    (``pip_output``: pip's whole output, where pip ran and failed)."""
+
+    pip_output = ""
 
 
 class CollisionError(ValueError):
@@ -299,6 +309,22 @@ def inputs_key(inputs: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def index_arguments(options: ResolveOptions) -> list[str]:
+    """Where pip looks: indexes, find-links, the CA bundle."""
+    args = []
+    if options.no_index:
+        args.append("--no-index")
+    if options.index_url:
+        args += ["--index-url", options.index_url]
+    for url in options.extra_index_urls:
+        args += ["--extra-index-url", url]
+    for link in options.find_links:
+        args += ["--find-links", link]
+    if options.cert:
+        args += ["--cert", options.cert]
+    return args
+
+
 def pip_arguments(
     python_version: str,
     platform: str,
@@ -333,16 +359,7 @@ def pip_arguments(
     for tag in platform_tags(platform):
         args += ["--platform", tag]
     args.append("--only-binary=:all:")
-    if options.no_index:
-        args.append("--no-index")
-    if options.index_url:
-        args += ["--index-url", options.index_url]
-    for url in options.extra_index_urls:
-        args += ["--extra-index-url", url]
-    for link in options.find_links:
-        args += ["--find-links", link]
-    if options.cert:
-        args += ["--cert", options.cert]
+    args += index_arguments(options)
     if constraints_file:
         args += ["--constraint", constraints_file]
     args += ["--requirement", requirements_file]
@@ -511,12 +528,91 @@ def run_pip_report(
             if failed:
                 raise ResolveError(index_message(failed, options))
             tail = "\n".join(mask_url(done.stderr or done.stdout).strip().splitlines()[-15:])
-            raise ResolveError(
+            error = ResolveError(
                 f"pip could not resolve the package layers for python {python_version} on "
                 f"{platform} (exit {done.returncode}):\n{tail}\nFix: relax or change the specs "
-                "named above; only binary wheels for the target platform are accepted"
+                "named above"
             )
+            error.pip_output = mask_url(f"{done.stdout}\n{done.stderr}")
+            raise error
         return json.loads((work / "report.json").read_text("utf-8"))
+
+
+MAX_SDIST_ROUNDS = 25  # pip runs at most this often for one resolution (each round: new sdists)
+
+
+def resolve_with_sdists(
+    specs: Sequence[str],
+    python_version: str,
+    platform: str,
+    constraints: Sequence[str],
+    options: ResolveOptions,
+) -> tuple[dict[str, Any], dict[str, Sdist]]:
+    """pip's report for ``specs``, where a requirement with no wheel for the target is served
+    by its sdist (``sdists.probe``, a metadata stub in a find-links folder for the resolver).
+    A requirement with neither is collected, its layer spec set aside, and pip runs again, so
+    every unknown name is reported at once."""
+    found: dict[str, Sdist] = {}
+    unknown: list[tuple[str, str]] = []
+    where = f"python {python_version} on {platform}"
+    active = list(specs)
+    with tempfile.TemporaryDirectory(prefix="aiclipse-stubs-") as stubs:
+        constraints_file = None
+        if constraints:
+            constraints_file = str(Path(stubs) / "constraints.txt.in")
+            Path(constraints_file).write_text("".join(f"{c}\n" for c in constraints), "utf-8")
+        for _ in range(MAX_SDIST_ROUNDS):
+            round_options = options
+            if found:
+                round_options = dataclasses.replace(
+                    options, find_links=(*options.find_links, stubs)
+                )
+            try:
+                report = run_pip_report(
+                    active, python_version, platform, constraints, round_options
+                )
+            except ResolveError as err:
+                missing = missing_requirements(err.pip_output)
+                if not missing:
+                    if unknown:
+                        raise ResolveError(
+                            f"{failure_message(unknown, specs, where)}\n{err}"
+                        ) from err
+                    raise
+                progressed = False
+                for requirement, versions in missing:
+                    name = canonicalize_name(Requirement(requirement).name)
+                    sdist = None
+                    if name not in found:
+                        sdist = probe(
+                            requirement,
+                            options.pip_command,
+                            index_arguments(options),
+                            constraints_file,
+                            _pip_environment(options),
+                            options.timeout_s,
+                        )
+                    if sdist is not None:
+                        found[sdist.name] = sdist
+                        write_stub(Path(stubs), sdist)
+                        progressed = True
+                        continue
+                    if any(canonicalize_name(Requirement(r).name) == name for r, _ in unknown):
+                        continue  # asked again (a constraint or another requirement): no news
+                    unknown.append((requirement, versions))
+                    kept = [s for s in active if canonicalize_name(Requirement(s).name) != name]
+                    progressed = progressed or len(kept) < len(active)
+                    active = kept
+                if not progressed:
+                    raise ResolveError(f"{failure_message(unknown, specs, where)}\n{err}") from err
+                continue
+            if unknown:
+                raise ResolveError(failure_message(unknown, specs, where))
+            return report, found
+    raise ResolveError(
+        f"pip found new sdist-only requirements in each of {MAX_SDIST_ROUNDS} rounds. Fix: "
+        "pin the sdist-only distributions' dependencies in a layer"
+    )
 
 
 def _archive_sha256(download_info: Mapping[str, Any]) -> str | None:
@@ -551,8 +647,15 @@ def _deps_for(metadata: Mapping[str, Any], env: Mapping[str, str], where: str) -
     return tuple(sorted(deps))
 
 
-def parse_report(report: Mapping[str, Any], env: Mapping[str, str], key: str = "") -> Resolution:
-    """Turn a pip installation report into a ``Resolution`` with target-evaluated edges."""
+def parse_report(
+    report: Mapping[str, Any],
+    env: Mapping[str, str],
+    key: str = "",
+    sdists: Mapping[str, Sdist] | None = None,
+) -> Resolution:
+    """Turn a pip installation report into a ``Resolution`` with target-evaluated edges.
+    ``sdists``: the distributions resolved through a metadata stub, locked by their sdist."""
+    sdists = sdists or {}
     items = report.get("install")
     if not isinstance(items, list):
         raise ResolveError("the pip report has no 'install' list; Fix: use pip >= 22.2")
@@ -570,13 +673,19 @@ def parse_report(report: Mapping[str, Any], env: Mapping[str, str], key: str = "
         if isinstance(vcs, Mapping):
             url = f"{vcs.get('vcs', 'git')}+{url}@{vcs.get('commit_id', '')}"
             direct = True
+        sha256 = _archive_sha256(info)
+        build = ""
+        sdist = sdists.get(name)
+        if sdist is not None and sdist.version == str(metadata["version"]):
+            url, sha256, build, direct = sdist.url, sdist.sha256, "sdist", False
         dists[name] = ResolvedDist(
             name=name,
             version=str(metadata["version"]),
             deps=_deps_for(metadata, env, where),
             url=url,
-            sha256=_archive_sha256(info),
+            sha256=sha256,
             direct_url=direct,
+            build=build,
         )
     return Resolution(
         dists=tuple(dists[name] for name in sorted(dists)),
@@ -610,16 +719,19 @@ def resolve(
     cache_file = Path(cache_dir) / f"resolution-{key}.json" if cache_dir is not None else None
     if cache_file is not None and cache_file.is_file():
         cached = json.loads(cache_file.read_text("utf-8"))
-        return parse_report(cached["report"], env, key)
-    report = run_pip_report(specs, python_version, platform, constraints, options)
+        found = {n: Sdist.from_dict(d) for n, d in cached.get("sdists", {}).items()}
+        return parse_report(cached["report"], env, key, found)
+    report, found = resolve_with_sdists(specs, python_version, platform, constraints, options)
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         partial = cache_file.with_name(cache_file.name + f".{os.getpid()}.part")
+        sdists = {name: sdist.as_dict() for name, sdist in sorted(found.items())}
         partial.write_text(
-            json.dumps({"inputs": inputs, "report": report}, sort_keys=True), "utf-8"
+            json.dumps({"inputs": inputs, "report": report, "sdists": sdists}, sort_keys=True),
+            "utf-8",
         )
         os.replace(partial, cache_file)
-    return parse_report(report, env, key)
+    return parse_report(report, env, key, found)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -508,6 +508,15 @@ def test_resolve_failure_carries_pips_reason_and_the_fix(wheelhouse: Path) -> No
     with pytest.raises(ResolveError) as info:
         resolve([("one", ["alpha>5"])], "3.11", "manylinux_2_28_x86_64", (), offline(wheelhouse))
     message = str(info.value)
+    assert message.startswith(
+        "no index or wheelhouse has (for python 3.11 on manylinux_2_28_x86_64) alpha>5 (a layer "
+        "spec; versions there: 1.0, 2.0, no wheel for the target, no sdist)"
+    )
+    assert "Fix: check each name and version" in message
+    with pytest.raises(ResolveError) as info:  # a conflict is pip's own reason
+        resolve([("one", ["alpha<2", "beta"]), ("two", ["alpha>1"])], "3.11",
+                "manylinux_2_28_x86_64", (), offline(wheelhouse))  # fmt: skip
+    message = str(info.value)
     assert "python 3.11 on manylinux_2_28_x86_64" in message
     assert "alpha" in message and "Fix: relax or change the specs" in message
 
