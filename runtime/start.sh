@@ -34,6 +34,7 @@ DATA_DIRS=(models output input user custom_nodes workflows)
 # anything named like one. AICLIPSE_PASS_ENV names those ComfyUI gets (API nodes' keys).
 SECRET_VARS=(HF_TOKEN CIVITAI_TOKEN COMFY_TOKEN JUPYTER_TOKEN JUPYTER_PASSWORD FILEBROWSER_PASSWORD)
 SECRET_PATTERN='(TOKEN|PASSWORD|PASSWD|SECRET|API_KEY|APIKEY|PRIVATE_KEY|CREDENTIAL)'
+NOT_SECRET=(AICLIPSE_TOKEN_HOSTS) # named like one, but configuration (which host gets which)
 declare -A SECRETS=()
 
 log() { printf '[aiclipse] %s\n' "$*"; }
@@ -45,6 +46,9 @@ is_on() { [[ "${1:-}" =~ ^(1|true|yes|on)$ ]]; }
 
 is_secret() {
   local name="$1" known
+  for known in "${NOT_SECRET[@]}"; do
+    [[ "$name" == "$known" ]] && return 1
+  done
   for known in "${SECRET_VARS[@]}"; do
     [[ "$name" == "$known" ]] && return 0
   done
