@@ -21,7 +21,13 @@ from pathlib import Path
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
 DEFAULT_TIMEOUT = 60.0  # seconds; the inventory's source_timeout
 FETCH_FACTOR = 10  # a whole fetch may take this many timeouts (slow links, big repositories)
-_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+# user[:password]@ after a scheme, up to the last @ before the path (a password may hold an @)
+_USERINFO = re.compile(r"(?<=://)[^/\s]*@")
+_SECRET_PARAM = re.compile(
+    r"([?&;](?:token|private_token|access_token|oauth_token|password|passwd|secret|key|sig|"
+    r"signature)=)[^&;#\s'\"]+",
+    re.IGNORECASE,
+)
 
 
 class GitSourceError(Exception):
@@ -33,9 +39,14 @@ class SourceUnreachable(GitSourceError):
     are skipped with this reason rather than failing the whole plan."""
 
 
-def mask_url(text: str) -> str:
-    """``text`` with the credentials of every URL in it hidden: ``https://***@host/...``."""
-    return _USERINFO.sub("***@", text)
+def redact(text: str) -> str:
+    """``text`` with the credentials of every URL in it hidden: ``https://***@host/...``, and
+    secret query values (``?token=***``). For every message, log and report line that may
+    hold a repository URL."""
+    return _SECRET_PARAM.sub(r"\1***", _USERINFO.sub("***@", text))
+
+
+mask_url = redact  # the name the callers know
 
 
 def network_env(timeout: float, base: dict[str, str] | None = None) -> dict[str, str]:

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ansible.module_utils.gitsource import redact
 from ansible.module_utils.registry import RegistryError, Writer, parse_ref
 
 OWNER_COLOURS = {
@@ -149,6 +150,8 @@ def rows(
                 f"builder {row.builder} did not finish (unreachable, or it failed: "
                 "see the run's output)"
             )
+        row.why = redact(row.why)  # a repository URL with credentials stays out of reports
+        row.cause = [redact(line) for line in row.cause]
         out.append(row)
     return out
 
