@@ -197,6 +197,21 @@ def test_image_contents(host):
     assert host.file("/opt/aiclipse/constraints.txt").exists
 
 
+def test_installed_distributions_are_consistent(host):
+    """No stale metadata (a layer copied over the venv's own setuptools left its old
+    .dist-info beside the new one): one .dist-info per distribution, pip check clean."""
+    code = (
+        "import collections, importlib.metadata as m, re;"
+        ' c = collections.Counter(re.sub(r"[-_.]+", "-", d.metadata["Name"]).lower()'
+        " for d in m.distributions());"
+        ' print(" ".join(sorted(n for n, k in c.items() if k > 1)))'
+    )
+    twice = host.check_output(f"{PY} -c '{code}'")
+    assert twice == "", f"installed twice (stale .dist-info): {twice}"
+    check = host.run(f"{PY} -m pip check")
+    assert check.rc == 0, f"pip check: {(check.stdout + check.stderr).strip()[-2000:]}"
+
+
 def test_runtime_user_is_not_root(host, expect):
     user = host.user("comfy")
     assert user.exists and user.uid == expect.get("uid", 1000) and user.uid != 0
