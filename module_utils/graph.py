@@ -445,6 +445,87 @@ def target_layers(
     return layers
 
 
+def _base_pin_conflicts(
+    specs: Sequence[str], base: Mapping[str, ResolvedDist], where: str, base_name: str
+) -> list[str]:
+    """Specs whose version range leaves out what a base layer pins (checked before pip)."""
+    problems = []
+    for j, spec in enumerate(specs):
+        req = Requirement(spec)
+        pinned = base.get(canonicalize_name(req.name))
+        if pinned is not None and not req.specifier.contains(pinned.version, prereleases=True):
+            problems.append(
+                f"{where}[{j}]: {spec!r} conflicts with {base_name}'s pin {pinned.pin} (every "
+                f"later install is held to base-<gpu>'s versions). Fix: allow {pinned.version} "
+                f"in {spec!r}, or move the pin in the layer that installs {pinned.name}"
+            )
+    return problems
+
+
+def template_layer(
+    config: Config,
+    target: GpuTarget,
+    settings: Settings,
+    template: Template,
+    base_layers: Sequence[Layer],
+    family: TorchFamily | None = None,
+) -> Layer | None:
+    """The template's own package layer (``extra_packages``): resolved with every base layer's
+    pin as a constraint (so base-<gpu>, shared by every template, never moves), given what
+    base-<gpu> does not install, locked with hashes. ``PlanProblems`` names each spec that
+    conflicts with a base pin or an override, and each file written twice."""
+    specs = list(template.extra_packages)
+    if not specs:
+        return None
+    family = family or from_target(target)
+    name = template_layer_name(template)
+    labels = layer_labels(config, target, template)
+    where = f"{template.path}/template.yml extra_packages"
+    base = {d.name: d for layer in base_layers for d in layer.dists}
+    replace = {k: v for k, v in config.replace_map.items() if k not in family.names}
+    exclude = tuple(n for n in config.package_layers_exclude if n not in family.names)
+    layer_specs: list[tuple[str, Sequence[str]]] = [(name, specs)]
+    problems = override_conflicts(layer_specs, exclude, replace, labels)
+    problems += _base_pin_conflicts(specs, base, where, f"base-{target.name}")
+    if problems:
+        raise PlanProblems(problems)
+    constraints = [f"{d.name}=={d.version}" for d in base.values()]
+    try:
+        resolution = resolve(
+            layer_specs,
+            settings.python_version,
+            settings.platform,
+            constraints=sorted(set(constraints) | set(family.constraint_lines())),
+            options=_resolve_options(target, settings.resolve_options),
+            cache_dir=settings.cache_dir / "resolutions",
+            extra_specs=sorted(v for v in set(replace.values()) if v not in base),
+        )
+    except ResolveError as err:
+        if err.pip_output and "conflict" in err.pip_output.lower():
+            raise PlanProblems(
+                [f"{where}: {specs} cannot be installed beside base-{target.name}'s pins: {err}"]
+            ) from err
+        raise
+    resolution = apply_overrides(resolution, layer_specs, exclude, replace, labels)
+    new = tuple(d for d in resolution.dists if d.name not in base)
+    sdists = [d.pin for d in new if d.build]
+    if sdists:
+        problems.append(
+            f"{where}: {', '.join(sdists)} has no wheel for the target (an sdist); the template's "
+            "layer installs wheels only. Fix: move it to a package_layers layer (base-<gpu> "
+            "builds sdists)"
+        )
+    (layer,) = _with_local_hashes([Layer(name=name, dists=new)])
+    mine = dataclasses.replace(resolution, dists=layer.dists)
+    problems += [
+        p
+        for p in _collisions(settings, mine, layer_specs, labels, records_from=tuple(base.values()))
+    ]
+    if problems:
+        raise PlanProblems(problems)
+    return layer
+
+
 def _for_target(target: str, problem: str) -> str:
     return problem if problem.startswith(f"{target}: ") else f"{target}: {problem}"
 
@@ -732,9 +813,18 @@ def _sdist_build(context: Path, dist: ResolvedDist, kept: set[Path]) -> dict[str
 
 
 def render_template(
-    env: jinja2.Environment, context: Path, template: Template, target: GpuTarget
-) -> None:
-    _reset(context, keep=("Dockerfile", "manifests", "workflows", "nodes_manifest.txt"))
+    env: jinja2.Environment,
+    context: Path,
+    template: Template,
+    target: GpuTarget,
+    own: Layer | None = None,
+) -> list[dict[str, Any]]:
+    """The template image's context; ``own``: its package layer (``extra_packages``), whose
+    pinned, hashed list (and local wheels) the context holds, so the node's hash covers it."""
+    _reset(
+        context,
+        keep=("Dockerfile", "manifests", "workflows", "nodes_manifest.txt", "layers", "wheels"),
+    )
     src = Path(template.path)
     locked = template.locked_nodes()
     _write(
@@ -748,6 +838,33 @@ def render_template(
     _write(context / "manifests" / "nodes_manifest.txt", (src / "nodes_manifest.txt").read_bytes())
     _sync_tree(src / "workflows", context / "workflows")
     (context / "workflows").mkdir(exist_ok=True)
+    info: list[dict[str, Any]] = []
+    kept: set[Path] = set()
+    extra = None
+    if own is not None and own.dists:
+        requirements = context / "layers" / "template.txt"
+        _write(requirements, own.requirements_text(hashes=True))
+        kept.add(requirements)
+        wheels = sorted(path for dist in own.dists if (path := local_path(dist.url)))
+        for wheel in wheels:
+            dest = context / "wheels" / Path(wheel).name
+            kept.add(dest)
+            _link(Path(wheel), dest)
+        options = ["--find-links /ctx/wheels"] if wheels else []
+        if wheels and len(wheels) == len(own.dists):
+            options.append("--no-index")
+        if target.torch_index_url and len(wheels) < len(own.dists):
+            options.append(f"--extra-index-url {shlex.quote(target.torch_index_url)}")
+        extra = {
+            "name": own.name,
+            "file": "template.txt",
+            "count": len(own.dists),
+            "wheels": "wheels" if wheels else "",
+            "index_options": " ".join(options),
+        }
+        info.append({**extra, "pins": list(own.pins)})
+    _prune(context / "layers", kept)
+    _prune(context / "wheels", kept)
     _write(
         context / "Dockerfile",
         env.get_template("Dockerfile.template.j2").render(
@@ -756,8 +873,10 @@ def render_template(
             fragment=template.fragment or "",
             nodes=len(locked),
             comfy_args=template.comfy_args,
+            extra_layer=extra,
         ),
     )
+    return info
 
 
 # ---------------------------------------------------------------------------------------------
@@ -851,6 +970,7 @@ def make_plan(
     for target_name in sorted(wanted):
         target = config.target(target_name)
         family = families[target_name]
+        base_layers: list[Layer] = []
         base = Node(f"base-{target.name}", "base-gpu", "base-common", 2, target=target.name)
         base.image = image
         row = matrix.row(target.cuda, target.torch)
@@ -862,6 +982,7 @@ def make_plan(
         else:
             try:
                 layers = target_layers(config, target, settings, comfy_specs, family=family)
+                base_layers = layers
                 base.torch_family = family_pins(family, layers)
                 notes += family_notes(target, family, layers, _cuda_sizes(layers))
                 notes += dropped_line_notes(family, family_lines, base.torch_family)
@@ -894,8 +1015,18 @@ def make_plan(
             by_name[node.name] = node
             if base.status == "skipped":
                 node.status, node.reason = "skipped", f"{base.name} skipped"
-            else:
-                render_template(env, build / node.name, template, target)
+                continue
+            try:
+                own = template_layer(config, target, settings, template, base_layers, family)
+            except ResolveError as err:
+                node.status, node.reason = "skipped", f"extra_packages: {err}"
+                continue
+            except PlanProblems as err:
+                problems += [_for_target(target.name, p) for p in err.problems]
+                originals.append(err.original)
+                node.status, node.reason = "skipped", "refused (see the plan's problems)"
+                continue
+            node.layers = render_template(env, build / node.name, template, target, own)
 
     if problems:
         if len(problems) == 1 and originals and originals[0] is not None:

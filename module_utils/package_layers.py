@@ -64,6 +64,11 @@ class ResolveError(RuntimeError):
     pip_output = ""
 
 
+class UnknownRequirements(ResolveError):
+    """Requirements no index or wheelhouse has (neither a wheel for the target nor an sdist):
+    a refusal of the plan, not an index that did not answer."""
+
+
 class CollisionError(ValueError):
     """Distinct distributions would write the same files; the message names them and the fix."""
 
@@ -528,6 +533,9 @@ def run_pip_report(
             if failed:
                 raise ResolveError(index_message(failed, options))
             tail = "\n".join(mask_url(done.stderr or done.stdout).strip().splitlines()[-15:])
+            cause = conflict_cause(_read(log))
+            if cause:
+                tail = f"{tail}\n{cause}"
             error = ResolveError(
                 f"pip could not resolve the package layers for python {python_version} on "
                 f"{platform} (exit {done.returncode}):\n{tail}\nFix: relax or change the specs "
@@ -536,6 +544,25 @@ def run_pip_report(
             error.pip_output = mask_url(f"{done.stdout}\n{done.stderr}")
             raise error
         return json.loads((work / "report.json").read_text("utf-8"))
+
+
+_LOG_STAMP = re.compile(r"^\d{4}-\d\d-\d\dT[\d:,.]+\s")
+
+
+def conflict_cause(log: str) -> str:
+    """pip's ``The conflict is caused by:`` block from its log (``--quiet`` hides it): who
+    asks for what, e.g. ``exif-tools 2.0 depends on numpy<2`` against ``The user requested
+    (constraint) numpy==2.1.0``."""
+    lines = [_LOG_STAMP.sub("", line) for line in log.splitlines()]
+    for start, line in enumerate(lines):
+        if line.strip() == "The conflict is caused by:":
+            block = []
+            for item in lines[start + 1 :]:
+                if not item.strip() or item.startswith("To fix this"):
+                    break
+                block.append(item.rstrip())
+            return "The conflict is caused by:\n" + "\n".join(block)
+    return ""
 
 
 MAX_SDIST_ROUNDS = 25  # pip runs at most this often for one resolution (each round: new sdists)
@@ -575,7 +602,7 @@ def resolve_with_sdists(
                 missing = missing_requirements(err.pip_output)
                 if not missing:
                     if unknown:
-                        raise ResolveError(
+                        raise UnknownRequirements(
                             f"{failure_message(unknown, specs, where)}\n{err}"
                         ) from err
                     raise
@@ -604,10 +631,13 @@ def resolve_with_sdists(
                     progressed = progressed or len(kept) < len(active)
                     active = kept
                 if not progressed:
-                    raise ResolveError(f"{failure_message(unknown, specs, where)}\n{err}") from err
+                    if not unknown:
+                        raise
+                    message = failure_message(unknown, specs, where)
+                    raise UnknownRequirements(f"{message}\n{err}") from err
                 continue
             if unknown:
-                raise ResolveError(failure_message(unknown, specs, where))
+                raise UnknownRequirements(failure_message(unknown, specs, where))
             return report, found
     raise ResolveError(
         f"pip found new sdist-only requirements in each of {MAX_SDIST_ROUNDS} rounds. Fix: "
