@@ -13,11 +13,14 @@ import json
 import os
 import re
 import socket
+import ssl
 import struct
+import subprocess
 import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 # (status, headers, body) a hook answers instead of the route, or None to let the route answer.
 Answer = tuple[int, dict[str, str], bytes]
@@ -68,7 +71,8 @@ class Route:
 
 
 class Server:
-    def __init__(self, host: str = "127.0.0.1"):
+    def __init__(self, host: str = "127.0.0.1", tls: tuple[Path, Path] | None = None):
+        """``tls``: (certificate, key) files: the server speaks https."""
         self.host = host
         self.routes: dict[str, Route] = {}
         self.requests: list[dict] = []
@@ -167,7 +171,13 @@ class Server:
 
         self.httpd = ThreadingHTTPServer((host, 0), Handler)
         self.httpd.daemon_threads = True
-        self.base = f"http://{host}:{self.httpd.server_address[1]}"
+        scheme = "http"
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+            scheme = "https"
+        self.base = f"{scheme}://{host}:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
@@ -181,6 +191,18 @@ class Server:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def self_signed(folder: Path, ip: str = "127.0.0.1") -> tuple[Path, Path]:
+    """A certificate for ``ip`` (and its key), made with the openssl CLI."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+         "-out", str(cert), "-days", "1", "-subj", f"/CN={ip}", "-addext",
+         f"subjectAltName=IP:{ip}"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
 
 
 class Listener:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import download_models as dm
 import pytest
-from hostile_servers import PROBE_RANGE, Listener, Route, Server
+from hostile_servers import PROBE_RANGE, Listener, Route, Server, self_signed
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "runtime" / "download_models.py"
@@ -210,6 +210,24 @@ def test_f4_aria2c_redirect_to_ftp_is_refused(tmp_path, hosts, env):
         assert listener.connections == 0
     finally:
         listener.close()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
+def test_f4_https_to_http_downgrade_refused_on_the_wire(tmp_path, hosts, env):
+    """The token host over https redirects to plain http: refused, naming the hop."""
+    _, other = hosts
+    cert, key = self_signed(tmp_path)
+    secure = Server("127.0.0.1", tls=(cert, key))
+    try:
+        plain = other.add("/m.bin", Route(os.urandom(20_000)))
+        url = secure.add("/m.bin", Route(redirect=plain))
+        code, out = download(tmp_path, [f"vae {url}"], dict(env, SSL_CERT_FILE=str(cert)))
+        assert code == 1, out
+        assert "redirect hop 1" in out and "https -> http downgrade is refused" in out, out
+        assert secure.requests and secure.requests[0]["auth"] == f"Bearer {TOKEN}"
+        assert other.requests == []
+    finally:
+        secure.close()
 
 
 def test_f4_https_to_http_downgrade_refused():
