@@ -43,7 +43,7 @@ POD = "testpod1"  # RUNPOD_POD_ID: its proxy origin is https://testpod1-<port>.p
 OK_ORIGIN = "https://ok.example"  # AICLIPSE_ALLOWED_ORIGINS
 EVIL = "https://evil.example"
 RUN_ID = uuid.uuid4().hex[:8]
-COMFY_GENERATED = r"comfyui: proxy on .* generated token \(shown once, kept in \S+\): (\S+)"
+COMFY_GENERATED = r"comfyui: proxy on .* generated token \(shown once, kept in \S+\): ([\w-]+)"
 JUPYTER_GENERATED = r"jupyter: port \d+, generated token \(shown once, kept in \S+\): (\S+)"
 
 
@@ -521,7 +521,7 @@ def test_no_secret_in_any_process_environment(scenario):
     """Attack: a custom node or Jupyter kernel read HF_TOKEN, CIVITAI_TOKEN, JUPYTER_PASSWORD,
     FILEBROWSER_PASSWORD from /proc/<pid>/environ of ComfyUI, jupyter-lab, FileBrowser (same
     uid), and a root `bash start.sh` stayed behind holding them all."""
-    first = scenario["first"]
+    first = scenario["runtime"].names[-1]  # the one still running (after the restarts)
     environs = json.loads(exec_(first, "python3", "-c", ENVIRON_SCAN))
     comms = " ".join(environs)
     for service in ("python", "jupyter-lab", "caddy", "sshd", "sleep"):  # sleep: FileBrowser
@@ -604,11 +604,14 @@ def test_jupyter_refuses_cross_site_websockets_and_sets_safe_cookies(scenario):
     token = CANARIES["JUPYTER_TOKEN"]
     harness.wait_http(f"http://127.0.0.1:{port}/api/status?token={token}", 90, scenario["first"])
     pod_origin = f"https://{POD}-{port}.proxy.runpod.net"
-    query = f"?token={token}"
-    evil = websocket(port, "/api/events/subscribe", EVIL, {}, query)
+    # The login cookie (Jupyter skips the origin check for a token-authenticated request: a
+    # cross-site page has the user's cookie, not the token).
+    first = websocket(port, "/api/events/subscribe", pod_origin, {}, f"?token={token}")
+    cookie = re.search(r"Set-Cookie: (username-[^=]+=[^;]+)", first)[1]
+    evil = websocket(port, "/api/events/subscribe", EVIL, {"Cookie": cookie})
     assert evil.startswith("HTTP/1.1 403"), evil
     for origin in (pod_origin, OK_ORIGIN, f"http://127.0.0.1:{port}"):
-        good = websocket(port, "/api/events/subscribe", origin, {}, query)
+        good = websocket(port, "/api/events/subscribe", origin, {"Cookie": cookie})
         assert good.startswith("HTTP/1.1 101"), (origin, good)
     status, headers, _ = harness.http_get(f"http://127.0.0.1:{port}/login")
     cookies = headers.get_all("Set-Cookie") or []
