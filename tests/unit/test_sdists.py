@@ -21,7 +21,7 @@ from ansible.module_utils.graph import Settings, make_plan
 from ansible.module_utils.package_layers import ResolveError, ResolveOptions, resolve
 from ansible.module_utils.sdists import missing_requirements
 from ansible.module_utils.templates import load_template
-from sdists import make_sdist
+from sdist_maker import make_sdist
 from wheels import make_wheel
 
 REPO = Path(__file__).resolve().parents[2]
@@ -134,7 +134,10 @@ def test_unknown_names_are_reported_at_once(world, tmp_path):
             options=offline(world),
         )
     message = str(info.value)
-    assert message.startswith("no index or wheelhouse has nosuch-one (a layer spec; no version")
+    assert message.startswith(
+        "no index or wheelhouse has (for python 3.11 on manylinux_2_28_x86_64) nosuch-one "
+        "(a layer spec; no version"
+    )
     assert "nosuch-two>=2 (a layer spec; no version" in message and "Fix:" in message
 
 
