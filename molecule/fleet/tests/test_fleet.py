@@ -109,7 +109,8 @@ def test_a_second_run_builds_nothing_and_pushes_nothing(first, fleet):
     run = fleet.build()
     assert run.returncode == 0, run.stdout[-6000:]
     report = fleet.report()
-    assert report["summary"]["built"] == []
+    why = {i["node"]: i["why"] for i in report["images"] if i["status"] != "cached"}
+    assert report["summary"]["built"] == [], why
     assert report["summary"]["bytes_pushed"] == 0
 
 
@@ -128,7 +129,10 @@ def test_a_common_base_that_fails_skips_every_chain_naming_it(first, fleet):
         template = found[f"tiny-{target}"]
         for image in (base, template):
             assert image["status"] == "skipped", image
-            assert image["why"].startswith(f"parent base-common failed on {maker}: ERROR: ")
+            # the parent's cause: its failing step, then pip's own words
+            assert image["why"].startswith(f"parent base-common failed on {maker}: "), image
+            assert "RUN " in image["why"], image
+            assert "No matching distribution found for aiclipse-no-such-package" in image["why"]
         assert tag_digest(fleet, f"tiny-{target}") == before[target]
 
 
