@@ -522,7 +522,10 @@ def test_no_secret_in_any_process_environment(scenario):
     FILEBROWSER_PASSWORD from /proc/<pid>/environ of ComfyUI, jupyter-lab, FileBrowser (same
     uid), and a root `bash start.sh` stayed behind holding them all."""
     first = scenario["runtime"].names[-1]  # the one still running (after the restarts)
-    environs = json.loads(exec_(first, "python3", "-c", ENVIRON_SCAN))
+    # Each uid reads its own processes (docker exec has no CAP_SYS_PTRACE for other uids).
+    environs = {}
+    for user in ("0", "1000", "caddy"):
+        environs.update(json.loads(exec_(first, "python3", "-c", ENVIRON_SCAN, user=user)))
     comms = " ".join(environs)
     for service in ("python", "jupyter-lab", "caddy", "sshd", "sleep"):  # sleep: FileBrowser
         assert service in comms, environs.keys()
@@ -668,7 +671,7 @@ def test_a_container_without_variables_answers_nothing_without_a_credential(
             assert harness.http_get(f"http://{ip}:8188{path}")[0] == 401, path
         for path in ("/api/status", "/api/contents", "/api/kernels", "/api/terminals"):
             assert harness.http_get(f"http://{ip}:8888{path}")[0] == 403, path
-        status, headers, _ = harness.http_get(f"http://{ip}:8888/")
+        status, headers, _ = harness.http_get(f"http://{ip}:8888/lab")
         assert status == 302 and "/login" in headers["Location"]
         assert not port_open_at(ip, 8188 + 10000) and not port_open_at(ip, 22)
         logs = harness.logs(name)
