@@ -10,6 +10,7 @@ canary secrets that must be found nowhere in the image.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,16 @@ def workflow_expectations(context: Path) -> dict[str, Any]:
     return {"workflows": needs, "missing_models": missing_models(needs, names)}
 
 
+def manager_expectation(build_dir: Path, config: Config) -> dict[str, Any]:
+    """How the plan decided to ship Manager (base-common's manager.json, written by
+    module_utils/graph.py): ``package`` (the comfyui-manager distribution, these specs) or
+    ``git`` (a clone at this commit)."""
+    made = Path(build_dir) / "base-common" / "manager.json"
+    if made.is_file():
+        return json.loads(made.read_text("utf-8"))
+    return {"mode": "git", "specs": [], "commit": config.manager.ref}
+
+
 def expectations(
     config: Config,
     node: dict[str, Any],
@@ -72,6 +83,7 @@ def expectations(
         "capability": capability,
         "comfyui_commit": config.comfyui.ref,
         "manager_commit": config.manager.ref,
+        "manager": manager_expectation(build_dir, config),
         "nodes": node_pins(build_dir / node["name"]),
         **workflow_expectations(build_dir / node["name"]),
         "accepted_import_failures": accepted,

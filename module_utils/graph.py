@@ -654,7 +654,7 @@ def render_base_common(
     settings: Settings,
     manager: ManagerPlan,
 ) -> dict[str, str]:
-    _reset(context, keep=("Dockerfile", "runtime", "manager-config.ini"))
+    _reset(context, keep=("Dockerfile", "runtime", "manager-config.ini", "manager.json"))
     # The runtime scripts, and beside them the one manifest parser the plan uses too.
     sources = {
         path.name: path
@@ -675,6 +675,16 @@ def render_base_common(
         context / "manager-config.ini",
         f"[default]\nsecurity_level = {config.manager.security_level}\n"
         "network_mode = public\nfile_logging = False\n",
+    )
+    # What the verification expects of Manager (module_utils/expectations.py); not copied
+    # into the image.
+    _write(
+        context / "manager.json",
+        json.dumps(
+            {"mode": manager.mode, "specs": list(manager.specs), "commit": manager.commit},
+            sort_keys=True,
+        )
+        + "\n",
     )
     _write(
         context / "Dockerfile",

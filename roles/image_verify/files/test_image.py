@@ -110,8 +110,24 @@ def test_comfyui_quick_test_loads_every_node(quick_test, comfy_log, expect):
 
 
 def test_manager_pinned_and_not_weak(host, expect):
+    """Manager as the plan shipped it: the comfyui-manager distribution at the version
+    ComfyUI's manager_requirements.txt pins, started by ComfyUI (no clone in custom_nodes,
+    which ComfyUI >= 0.4 would skip), or a clone at its pinned commit."""
+    plan = expect.get("manager") or {"mode": "git", "commit": expect["manager_commit"]}
     manager = f"{COMFY}/custom_nodes/ComfyUI-Manager"
-    assert host.check_output(f"git -C {manager} rev-parse HEAD") == expect["manager_commit"]
+    mode = host.run("printenv AICLIPSE_MANAGER_MODE").stdout.strip() or "git"
+    assert mode == plan["mode"], (mode, plan)
+    if plan["mode"] == "package":
+        assert not host.file(manager).exists, f"{manager} is a clone ComfyUI would skip"
+        shown = host.run(f"{PY} -m pip show comfyui-manager")
+        assert shown.rc == 0, f"comfyui-manager is not installed: {shown.stderr}"
+        found = re.search(r"^Version:\s*(\S+)", shown.stdout, re.M).group(1)
+        for spec in plan["specs"]:
+            pinned = re.fullmatch(r"comfyui[-_]manager\s*==\s*(\S+)", spec, re.I)
+            if pinned:
+                assert found == pinned.group(1), (found, spec)
+    else:
+        assert host.check_output(f"git -C {manager} rev-parse HEAD") == plan["commit"]
     config = host.file("/opt/aiclipse/manager-config.ini").content_string
     level = re.search(r"security_level\s*=\s*(\S+)", config)
     assert level and level.group(1) != "weak", config
