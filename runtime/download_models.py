@@ -913,6 +913,8 @@ class Downloader:
             f"--stop-with-process={os.getpid()}",
             f"--user-agent={USER_AGENT}",
         ]
+        if self.env.get("SSL_CERT_FILE"):  # the CA bundle our own client trusts (OpenSSL)
+            argv.append(f"--ca-certificate={self.env['SSL_CERT_FILE']}")  # a global option
         if entry.sha256:
             argv.append(f"--checksum=sha-256={entry.sha256}")
         return argv

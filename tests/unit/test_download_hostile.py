@@ -230,6 +230,46 @@ def test_f4_https_to_http_downgrade_refused_on_the_wire(tmp_path, hosts, env):
         secure.close()
 
 
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
+def test_f4_aria2c_https_to_http_downgrade_refused(tmp_path, hosts, env):
+    """A token-free https URL: the probe is answered, aria2c's GET is redirected to plain
+    http. aria2c's http goes to a closed port: the other host is never asked."""
+    _, other = hosts
+    cert, key = self_signed(tmp_path)
+    secure = Server("127.0.0.1", tls=(cert, key))
+    try:
+        plain = other.add("/m.bin", Route(os.urandom(20_000)))
+
+        def bait(request):
+            return None if request["range"] == PROBE_RANGE else (302, {"Location": plain}, b"")
+
+        url = secure.add("/m.bin", Route(os.urandom(20_000), hook=bait))
+        env = dict(env, SSL_CERT_FILE=str(cert), **{dm.TOKEN_HOSTS_ENV: "127.0.0.3=HF_TOKEN"})
+        code, out = download(tmp_path, [f"vae {url}"], env, "--max-tries", "1")
+        assert code == 1, out
+        assert "aria2c: redirect hop 1" in out and "https -> http downgrade" in out, out
+        assert any(r["range"] != PROBE_RANGE for r in secure.requests)  # aria2c asked
+        assert other.requests == []
+    finally:
+        secure.close()
+
+
+def test_f4_aria2c_still_follows_plain_redirects(tmp_path, hosts, env):
+    """The closed-port proxies leave http -> http alone (token-free, another host)."""
+    home, other = hosts
+    data = os.urandom(50_000)
+    moved = other.add("/moved.bin", Route(data))
+
+    def bait(request):
+        return None if request["range"] == PROBE_RANGE else (302, {"Location": moved}, b"")
+
+    url = home.add("/m.bin", Route(data, hook=bait))
+    env = dict(env, **{dm.TOKEN_HOSTS_ENV: "127.0.0.3=HF_TOKEN"})
+    code, out = download(tmp_path, [f"vae {url} sha256={sha(data)}"], env)
+    assert code == 0, out
+    assert other.requests and all(r["auth"] is None for r in other.requests)
+
+
 def test_f4_https_to_http_downgrade_refused():
     dm.check_hop("https://b.example/x", "https://a.example/", 1)
     dm.check_hop("https://b.example/x", "http://a.example/", 1)  # an upgrade is fine
