@@ -103,7 +103,11 @@ def _opener(cert: str | None) -> urllib.request.OpenerDirector:
 
 
 def _record_of(archive: zipfile.ZipFile, where: str) -> list[str]:
-    records = [n for n in archive.namelist() if n.endswith(".dist-info/RECORD")]
+    # the wheel's own RECORD sits at the archive's root; vendored distributions keep theirs
+    # below it (setuptools 81: setuptools/_vendor/*.dist-info/RECORD, twelve of them)
+    records = [
+        n for n in archive.namelist() if n.endswith(".dist-info/RECORD") and n.count("/") == 1
+    ]
     if len(records) != 1:
         raise RecordError(
             f"{where}: holds {len(records)} .dist-info/RECORD files, not 1. Fix: pin another "

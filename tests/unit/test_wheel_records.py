@@ -140,3 +140,17 @@ def test_real_opencv_wheels_from_pypi_collide_in_cv2(tmp_path: Path) -> None:
     (collision,) = find_collisions(records)
     assert collision.dists == ("opencv-contrib-python-headless", "opencv-python-headless")
     assert "cv2/" in collision.top_levels and "cv2/__init__.py" in collision.paths
+
+
+def test_vendored_dist_info_below_the_root_is_not_the_wheels_record(tmp_path: Path) -> None:
+    """setuptools 81 carries twelve vendored ``*.dist-info/RECORD`` files under
+    ``setuptools/_vendor/``; the wheel's own RECORD is the one at the archive's root."""
+    vendored = "tool/_vendor/dep-1.0.dist-info"
+    files = {
+        "tool/__init__.py": "",
+        f"{vendored}/METADATA": "Metadata-Version: 2.1\nName: dep\nVersion: 1.0\n",
+        f"{vendored}/RECORD": "tool/_vendor/dep-1.0.dist-info/METADATA,,\n",
+    }
+    wheel = make_wheel(tmp_path, "tool", "81.0", files=files)
+    record = read_record(wheel.as_uri())
+    assert "tool/__init__.py" in record and "tool-81.0.dist-info/RECORD" in record
