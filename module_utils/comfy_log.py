@@ -33,9 +33,13 @@ _ENTRYPOINT_RE = re.compile(
     r"comfy_entrypoint in (\S.*?) (is not callable|did not return .*?), skipping\.)$"
 )
 _STARTUP_RE = re.compile(r"Failed to execute startup-script: (\S.*?) / (.*)$")
+# Anchored at a line's start or after other text: ComfyUI-Manager's threads print without a
+# newline ("FETCH DATA from: <url>") while the main thread logs, so a header or an entry can
+# arrive glued to the end of their text (seen with the real Manager on a loaded builder).
 _TIMES_RE = re.compile(
-    r"^\s*\d+(?:\.\d+)? seconds( \((?:IMPORT|PRESTARTUP) FAILED\))?: (\S.*?)\s*$"
+    r"(?:^|\s)\d+(?:\.\d+)? seconds( \((?:IMPORT|PRESTARTUP) FAILED\))?: (\S.*?)\s*$"
 )
+_BLOCK_RE = re.compile(r"(Import|Prestartup) times for custom nodes:\s*$")
 _BUILTIN_RE = re.compile(r"^\s*IMPORT FAILED: (\S.*?)\s*$")
 _WARNING_RE = re.compile(r"WARNING: some (comfy_extras|comfy_api_nodes)/ nodes did not import")
 _FRAME_RE = re.compile(r'^\s*File "(.*?)", line (\d+)(?:, in .*)?$')
@@ -137,8 +141,9 @@ def read(log: str) -> tuple[dict[str, list[str]], set[str]]:
             continue
         if line.strip():
             chained = False
-        if line.strip() in ("Import times for custom nodes:", "Prestartup times for custom nodes:"):
-            block = "import" if line.strip().startswith("Import") else "prestartup"
+        header = _BLOCK_RE.search(line)
+        if header:
+            block = header.group(1).lower()
             continue
         warning = _WARNING_RE.search(line)
         if warning:
@@ -163,7 +168,7 @@ def read(log: str) -> tuple[dict[str, list[str]], set[str]]:
         if startup:
             fail(startup.group(1), [startup.group(2).strip()])
             continue
-        times = _TIMES_RE.match(line) if block in ("import", "prestartup") else None
+        times = _TIMES_RE.search(line) if block in ("import", "prestartup") else None
         if times:
             path = times.group(2)
             if block == "prestartup":

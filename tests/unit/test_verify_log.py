@@ -153,6 +153,21 @@ def test_a_clean_log_has_no_failure():
     assert comfy_log.loaded(clean) == {"/opt/ComfyUI/custom_nodes/x"}
 
 
+def test_lines_glued_to_managers_unterminated_prints_still_count():
+    """The real ComfyUI-Manager's threads print ``FETCH DATA from: <url>`` without a newline
+    while ComfyUI logs its import times; the upstream tier once saw the block's header (and so
+    every node) lost that way on a loaded builder."""
+    fetch = "FETCH DATA from: https://raw.githubusercontent.com/x/custom-node-list.json"
+    log = (
+        f"{fetch}Import times for custom nodes:\n"
+        "   0.1 seconds: /opt/ComfyUI/custom_nodes/a\n"
+        f"{fetch}   0.2 seconds: /opt/ComfyUI/custom_nodes/b\n"
+        f"{fetch}   0.0 seconds (IMPORT FAILED): /opt/ComfyUI/custom_nodes/c\n"
+    )
+    assert comfy_log.loaded(log) == {"/opt/ComfyUI/custom_nodes/a", "/opt/ComfyUI/custom_nodes/b"}
+    assert list(comfy_log.failures(log)) == ["/opt/ComfyUI/custom_nodes/c"]
+
+
 def test_a_chained_traceback_and_a_syntax_error_give_the_last_exception():
     log = """\
 Traceback (most recent call last):
