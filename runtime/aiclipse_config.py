@@ -37,7 +37,6 @@ import json
 import os
 import re
 import secrets
-import shlex
 import sys
 import tempfile
 import warnings
@@ -313,9 +312,16 @@ def _check_name(env, name):
 def _check_listen(env, name):
     value = env[name]
     try:
-        ipaddress.ip_address(value)
+        address = ipaddress.ip_address(value)
     except ValueError:
         raise EnvError(f"{name}={value!r}: must be an IPv4 or IPv6 address") from None
+    # Python accepts anything after an IPv6 '%' (a scope id), newlines included: those would
+    # reach sshd's and Caddy's config. Plain hex digits, dots and colons only.
+    if not re.fullmatch(r"[0-9A-Fa-f:.]+", value) or getattr(address, "scope_id", None):
+        raise EnvError(
+            f"{name}={value!r}: must be a plain IPv4 or IPv6 address (digits, dots, colons; "
+            "no %scope)"
+        )
 
 
 def _check_switch(env, name):
@@ -370,16 +376,23 @@ def _check_pass_env(env, name):
 
 
 def _check_comfy_args(env, name):
-    try:
-        words = shlex.split(env[name])
-    except ValueError as err:
-        raise EnvError(f"{name}: cannot be split into arguments ({err})") from None
+    value = env[name]
+    # start.sh splits COMFY_ARGS on whitespace (read -a): quotes would make this check and
+    # ComfyUI see different words, so none are allowed
+    if re.search(r"[\"'\\\x00-\x1f\x7f]", value.replace(" ", "").replace("\t", "")):
+        raise EnvError(
+            f"{name}: must not hold quotes, backslashes or control characters (it is split on "
+            "spaces, as start.sh splits it)"
+        )
     if env.get("COMFY_NO_AUTH", "") in ("1", "true", "yes", "on"):
         return
-    for word in words:
-        if word.split("=", 1)[0] in COMFY_ARGS_OWN:
+    for word in value.split():
+        option = word.split("=", 1)[0]
+        # argparse (ComfyUI's) takes any unambiguous prefix of an option: --liste is --listen
+        owned = [own for own in COMFY_ARGS_OWN if len(option) > 2 and own.startswith(option)]
+        if option.startswith("--") and owned:
             raise EnvError(
-                f"{name}: must not set {word.split('=', 1)[0]} (start.sh sets it: COMFY_LISTEN, "
+                f"{name}: must not set {owned[0]} ({word!r}; start.sh sets it: COMFY_LISTEN, "
                 "COMFY_PORT, AICLIPSE_ALLOWED_ORIGINS)"
             )
 

@@ -243,7 +243,17 @@ KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh
         ({"AICLIPSE_ALLOWED_ORIGINS": "https://a.example/path"}, "without a path"),
         ({"AICLIPSE_ALLOWED_ORIGINS": "javascript://x"}, "must be an origin"),
         ({"COMFY_ARGS": "--port=9000"}, "COMFY_ARGS: must not set --port"),
-        ({"COMFY_ARGS": "--enable-cors-header '*'"}, "must not set --enable-cors-header"),
+        ({"COMFY_ARGS": "--enable-cors-header *"}, "must not set --enable-cors-header"),
+        # argparse takes unambiguous prefixes: --liste is --listen (all interfaces, no proxy)
+        ({"COMFY_ARGS": "--cpu --liste"}, "COMFY_ARGS: must not set --listen"),
+        ({"COMFY_ARGS": "--por 9000"}, "COMFY_ARGS: must not set --port"),
+        ({"COMFY_ARGS": "--enable-cors"}, "must not set --enable-cors-header"),
+        # start.sh splits on spaces; quotes would let the check and ComfyUI see other words
+        ({"COMFY_ARGS": "--temp-directory '/x --listen --temp-directory /y'"},
+         "COMFY_ARGS: must not hold quotes"),
+        # Python's ip_address takes anything after an IPv6 '%', newlines too (sshd, Caddy)
+        ({"COMFY_LISTEN": "fe80::1%eth0\nPasswordAuthentication yes"}, "COMFY_LISTEN"),
+        ({"COMFY_LISTEN": "::1%x]"}, "no %scope"),
         ({"COMFY_CORS_ORIGIN": "*"}, "COMFY_CORS_ORIGIN: no longer read"),
         ({"JUPYTER_ALLOW_ORIGIN": "*"}, "JUPYTER_ALLOW_ORIGIN: no longer read"),
         ({"AICLIPSE_PASS_ENV": "A;B"}, "AICLIPSE_PASS_ENV"),
