@@ -377,6 +377,11 @@ def content_problem(path: Path, name: str) -> str | None:
 # HTTP: our own client (http/https only, a whole-request deadline, hop-by-hop redirects)
 
 
+def _digits(value: str) -> bool:
+    """ASCII digits only (``str.isdigit`` takes '²', which int() refuses)."""
+    return value.isascii() and value.isdigit()
+
+
 class DownloadError(Exception):
     def __init__(
         self,
@@ -526,7 +531,7 @@ def retry_after(headers: Mapping[str, str] | None, default: float, cap: float) -
     wait = default
     if value:
         value = value.strip()
-        if value.isdigit():
+        if _digits(value):
             wait = float(value)
         else:
             with contextlib.suppress(TypeError, ValueError):
@@ -673,7 +678,14 @@ class Downloader:
             if not location:
                 raise DownloadError(f"HTTP {response.status} from {urlsplit(url).hostname} "
                                     "without a Location")  # fmt: skip
-            previous, url = url, urljoin(url, location.strip())
+            try:
+                previous, url = url, urljoin(url, location.strip())
+                _origin(url)  # a port out of range or a broken IPv6 literal raises here
+            except ValueError as err:
+                raise DownloadError(
+                    f"HTTP {response.status} from {urlsplit(previous).hostname}: an unusable "
+                    f"Location ({err})"
+                ) from None
         raise DownloadError(f"more than {MAX_REDIRECTS} redirects from {redact_url(url)}")
 
     def _status_error(self, status: int, url: str, token: Token | None, headers, body: bytes):
@@ -726,8 +738,8 @@ class Downloader:
         content_range = headers.get("Content-Range", "")
         if status == 206 and "/" in content_range:
             total = content_range.rsplit("/", 1)[1].strip()
-            size = int(total) if total.isdigit() else None
-        elif status == 200 and (headers.get("Content-Length") or "").isdigit():
+            size = int(total) if _digits(total) else None
+        elif status == 200 and _digits(headers.get("Content-Length") or ""):
             size = int(headers["Content-Length"])
         content_type = (headers.get("Content-Type") or "").split(";")[0].strip().lower()
         problem = markup_problem(body, entry.name)
@@ -790,6 +802,14 @@ class Downloader:
                 "fix the manifest or the URL",
                 discard=True,
             )
+        if entry.size is None and probe.size is not None and size > probe.size:
+            # the probe said how big the file is; a body that goes on past it never ends
+            return DownloadError(
+                f"the server sent more than the {probe.size} bytes it announced; "
+                "check the URL or add size= to the manifest line",
+                discard=True,
+                retry=True,
+            )
         if probe.size is None and self.free_bytes(part.parent) < self.settings.reserve:
             return DownloadError(
                 f"stopped at {human(size)}: the size is unknown and the volume's free space "
@@ -821,6 +841,14 @@ class Downloader:
             status = response.status
             if status == 416 and have and probe.size == have:
                 return digest.hexdigest()
+            if status == 416 and have:  # a .part the server's file cannot continue
+                raise DownloadError(
+                    f"{host} refused to resume at {have} bytes (416; the file is "
+                    f"{probe.size if probe.size is not None else 'of unknown size'}); "
+                    "starting over",
+                    discard=True,
+                    retry=True,
+                )
             if status not in (200, 206):
                 raise self._status_error(status, url, token, response.headers, b"")
             if status == 206:
@@ -1252,6 +1280,9 @@ def run(entries: Sequence[manifests.ModelEntry], settings: Settings, log: Log, e
             return
         except OSError as err:
             fail(job, DownloadError(f"{err.strerror or err}: {err.filename or ''}"))
+            return
+        except ValueError as err:  # a header no parser above expected; this file fails alone
+            fail(job, DownloadError(f"unexpected answer: {err}"))
             return
         if job.status == "downloaded":
             speed = job.bytes / job.seconds if job.seconds > 0 else 0

@@ -339,6 +339,43 @@ def test_f2b_unknown_size_stops_at_the_manifest_size(tmp_path, hosts, env, clien
     assert [n for n in os.listdir(folder(tmp_path)) if not n.endswith(".lock")] == []
 
 
+def test_f2b_a_body_longer_than_the_probe_announced_stops(tmp_path, hosts, env):
+    """The probe hears of 100 kB (Content-Range total); the GET then sends 3 MB. Without a
+    manifest size= the announced size bounds it: stopped, nothing kept. (Our own client, the
+    token's: aria2c's watcher polls, so on loopback it may finish the 3 MB first and fail
+    after it, on the size check.)"""
+    client = "own"
+    home, _ = hosts
+    body = os.urandom(3_000_000)
+
+    def liar(request):
+        if request["range"] == PROBE_RANGE:
+            return 206, {"Content-Range": "bytes 0-1023/100000"}, body[:1024]
+        return 200, {}, body
+
+    url = home.add("/grows.bin", Route(body, hook=liar))
+    if client == "aria2c":
+        env = dict(env, **{dm.TOKEN_HOSTS_ENV: "127.0.0.3=HF_TOKEN"})
+    code, out = download(tmp_path, [f"vae {url}"], env, "--max-tries", "1")
+    assert code == 1, out
+    assert "more than the 100000 bytes it announced" in out, out
+    assert [n for n in os.listdir(folder(tmp_path)) if not n.endswith(".lock")] == []
+
+
+def test_a_hostile_location_fails_its_file_alone(tmp_path, hosts, env):
+    """A Location with port 99999 (urlsplit raises ValueError): that file fails with a
+    message, the batch goes on and ends with its summary."""
+    home, other = hosts
+    bad = home.add(
+        "/bad.bin", Route(b"", hook=lambda r: (302, {"Location": "http://127.0.0.1:99999/x"}, b""))
+    )
+    good = other.add("/good.bin", Route(os.urandom(50_000)))
+    code, out = download(tmp_path, [f"vae {bad}", f"vae {good}"], env, "--max-tries", "1")
+    assert code == 1, out
+    assert "Traceback" not in out, out
+    assert "[failed] vae/bad.bin" in out and "[done] vae/good.bin" in out, out
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     mount = tmp_path / "small"
