@@ -157,13 +157,24 @@ resolve_user() {
 
 prepare_volume() {
   local dir fixed=0
-  mkdir -p "$ROOT" "$STATE"
+  mkdir -p "$ROOT"
+  if [[ $EUID -eq 0 ]]; then
+    # $ROOT is the runtime user's, so they can rename root's state folder and put one of
+    # their own there (symlinks inside, for root to follow): only a real, root-owned folder
+    # is state; anything else is moved aside and the state made anew (host keys included).
+    if [[ -e "$STATE" || -L "$STATE" ]] && [[ -L "$STATE" || ! -d "$STATE" || "$(stat -c %u "$STATE")" != 0 ]]; then
+      local aside
+      aside="$STATE.untrusted.$(date +%s)"
+      mv -T -- "$STATE" "$aside"
+      log "WARNING: $STATE was not a folder of root's; moved aside to $aside, state made anew"
+    fi
+  fi
+  mkdir -p "$STATE"
   for dir in "${DATA_DIRS[@]}"; do
     mkdir -p "$ROOT/$dir"
   done
   if [[ $EUID -eq 0 ]]; then
     chown "$RUNTIME_UID:$RUNTIME_GID" "$ROOT"
-    chown root:root "$STATE"
     chmod 0755 "$STATE"
     # Only what is not already ours: a warm volume is walked (metadata only), not rewritten.
     fixed="$(find "${DATA_DIRS[@]/#/$ROOT/}" \( ! -uid "$RUNTIME_UID" -o ! -gid "$RUNTIME_GID" \) \
@@ -258,11 +269,12 @@ setup_ssh() {
     ssh-keygen -q -t ed25519 -N '' -C '' -f "$hostkeys/ssh_host_ed25519_key"
   [[ -f "$hostkeys/ssh_host_rsa_key" ]] ||
     ssh-keygen -q -t rsa -b 3072 -N '' -C '' -f "$hostkeys/ssh_host_rsa_key"
-  install -d -m 0700 -o "$RUNTIME_UID" -g "$RUNTIME_GID" "$RUNTIME_HOME/.ssh"
-  printf '%s' "$keys" >"$RUNTIME_HOME/.ssh/authorized_keys.new"
-  chown "$RUNTIME_UID:$RUNTIME_GID" "$RUNTIME_HOME/.ssh/authorized_keys.new"
-  chmod 0600 "$RUNTIME_HOME/.ssh/authorized_keys.new"
-  mv -f "$RUNTIME_HOME/.ssh/authorized_keys.new" "$RUNTIME_HOME/.ssh/authorized_keys"
+  # Written AS the runtime user: the home is theirs, and a symlink planted in it (~/.ssh ->
+  # /etc, authorized_keys.new -> /root/...) must never be followed with root's rights.
+  # shellcheck disable=SC2016 # $1 is the inner shell's
+  printf '%s' "$keys" | as_user sh -c 'umask 077 && mkdir -p "$1" && chmod 0700 "$1" &&
+    cat >"$1/authorized_keys.new" && mv -f "$1/authorized_keys.new" "$1/authorized_keys"' \
+    sh "$RUNTIME_HOME/.ssh" || die "ssh: cannot write $RUNTIME_HOME/.ssh/authorized_keys"
   # sshd without PAM refuses a locked account ('!'): no password at all ('*') is what we want.
   if [[ "$(getent shadow "$RUNTIME_USER" | cut -d: -f2)" == '!'* ]]; then
     usermod -p '*' "$RUNTIME_USER"

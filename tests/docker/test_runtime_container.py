@@ -892,3 +892,39 @@ def test_a_hostile_node_manifest_never_builds_as_root(image, tmp_path):
             assert "installing from" in logs and "as comfy" in logs
         finally:
             runtime.close()
+
+
+def test_a_state_folder_swapped_by_the_runtime_user_is_not_followed_as_root(image):
+    """Attack (a second read of issue 14): the volume's root is the runtime user's, so they can
+    rename root's ``.aiclipse`` and put their own there, with ``jupyter`` a symlink to the
+    image's runtime scripts; root's ``install -d -o comfy`` then handed those scripts to the
+    user, and the next start ran the user's start.sh as root."""
+    volume = f"aiclipse-rt-{RUN_ID}-state"
+    name = f"{volume}-0"
+    try:
+        harness.docker("volume", "create", volume)
+        prepare_volume(image, volume, "mkdir -p .aiclipse && chown 1000:1000 .", user="0")
+        prepare_volume(
+            image, volume,
+            "mv .aiclipse theirs && mkdir .aiclipse"
+            " && ln -s /opt/aiclipse/runtime .aiclipse/jupyter"
+            " && ln -s /opt/aiclipse/runtime .aiclipse/filebrowser",
+        )  # fmt: skip
+        harness.docker(
+            "run", "-d", "--name", name, "--network", "none", "-e", f"JUPYTER_TOKEN={'j' * 32}",
+            "-v", f"{volume}:/workspace", image,
+        )  # fmt: skip
+        logs = harness.wait_log(name, r"comfyui: starting", 90)
+        assert "was not a folder of root's; moved aside" in logs, logs
+        owners = exec_(name, "stat", "-c", "%u %n", "/opt/aiclipse/runtime",
+                       "/opt/aiclipse/runtime/start.sh", f"{ROOT}/.aiclipse")  # fmt: skip
+        assert [line.split()[0] for line in owners.splitlines()] == ["0", "0", "0"], owners
+        assert (
+            exec_(
+                name, "sh", "-c", f"test -L {ROOT}/.aiclipse/jupyter && echo link || echo dir"
+            ).strip()
+            == "dir"
+        )
+    finally:
+        harness.remove_container(name)
+        harness.remove_volume(volume)
