@@ -131,3 +131,27 @@ def make_comfy_sources(root: str | Path) -> dict[str, str]:
     (manager / "__init__.py").write_text("NODE_CLASS_MAPPINGS = {}\n")
     git(manager, "init", "-q", "-b", "main")
     return {"ComfyUI": comfy, "ComfyUI-Manager": commit_all(manager, "initial")}
+
+
+def make_plan_sources(root: str | Path, comfy_requirements: str) -> tuple[str, str]:
+    """A ComfyUI whose requirements.txt is ``comfy_requirements`` and a Manager with none,
+    as plain repositories under ``root`` (``root/comfyui``, ``root/manager``; file:// is
+    enough for a plan); their commits."""
+    root = Path(root)
+    commits = []
+    for name, text in (("comfyui", comfy_requirements), ("manager", "# none\n")):
+        src = root / f"{name}-src"
+        src.mkdir(parents=True)
+        (src / "requirements.txt").write_text(text)
+        commits.append(make_repo(src, root / name)[1])
+    return commits[0], commits[1]
+
+
+def make_empty_template(templates: str | Path, name: str = "tiny") -> Path:
+    """A template with no node, model or workflow, for every target."""
+    tpl = Path(templates) / name
+    (tpl / "workflows").mkdir(parents=True)
+    (tpl / "template.yml").write_text(f"description: {name}\ngpu_targets: all\n")
+    (tpl / "models_manifest.txt").write_text("")
+    (tpl / "nodes_manifest.txt").write_text("")
+    return tpl

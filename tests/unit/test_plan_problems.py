@@ -36,19 +36,8 @@ def world(tmp_path_factory):
     make_wheel(wheels, "opencv-contrib-python-headless", "4.10.0", ("numpy",), files=CV2_CONTRIB)
     make_wheel(wheels, "albu", "1.0", ("opencv-python-headless", "numpy"))
     make_wheel(wheels, "facer", "1.0", ("opencv-contrib-python-headless",))
-    src = root / "comfyui-src"
-    src.mkdir()
-    (src / "requirements.txt").write_text("torch\npyyaml\nnumpy\n")
-    comfy = gitserver.make_repo(src, root / "comfyui")[1]
-    src = root / "manager-src"
-    src.mkdir()
-    (src / "requirements.txt").write_text("# none\n")
-    manager = gitserver.make_repo(src, root / "manager")[1]
-    tpl = root / "templates" / "tiny"
-    (tpl / "workflows").mkdir(parents=True)
-    (tpl / "template.yml").write_text("description: tiny\ngpu_targets: all\n")
-    (tpl / "models_manifest.txt").write_text("")
-    (tpl / "nodes_manifest.txt").write_text("")
+    comfy, manager = gitserver.make_plan_sources(root, "torch\npyyaml\nnumpy\n")
+    gitserver.make_empty_template(root / "templates")
     return {
         "root": root,
         "wheels": wheels,

@@ -40,19 +40,8 @@ def world(tmp_path_factory):
     make_sdist(wheels, "iopath", "0.1.9", ("numpy",))
     make_sdist(wheels, "fvcore", "0.1.5", ("iopath<0.1.10,>=0.1.7", "yacs"))
     make_sdist(wheels, "broken", "1.0", fail="native.h: No such file or directory")
-    src = root / "comfyui-src"
-    src.mkdir()
-    (src / "requirements.txt").write_text("torch\nnumpy\n")
-    comfy = gitserver.make_repo(src, root / "comfyui")[1]
-    src = root / "manager-src"
-    src.mkdir()
-    (src / "requirements.txt").write_text("# none\n")
-    manager = gitserver.make_repo(src, root / "manager")[1]
-    tpl = root / "templates" / "tiny"
-    (tpl / "workflows").mkdir(parents=True)
-    (tpl / "template.yml").write_text("description: tiny\ngpu_targets: all\n")
-    (tpl / "models_manifest.txt").write_text("")
-    (tpl / "nodes_manifest.txt").write_text("")
+    comfy, manager = gitserver.make_plan_sources(root, "torch\nnumpy\n")
+    gitserver.make_empty_template(root / "templates")
     return {
         "root": root,
         "wheels": wheels,

@@ -36,14 +36,7 @@ def world(tmp_path_factory):
     make_wheel(wheels, "exif-tools", "2.0", ("numpy<2",))  # a dependency that wants numpy 1
     make_wheel(wheels, "opencv-python-headless", "4.10.0", ("numpy",), files=CV2)
     make_wheel(wheels, "opencv-python", "4.10.0", ("numpy",), files=CV2)
-    src = root / "comfyui-src"
-    src.mkdir()
-    (src / "requirements.txt").write_text("torch\nnumpy\n")
-    comfy = gitserver.make_repo(src, root / "comfyui")[1]
-    src = root / "manager-src"
-    src.mkdir()
-    (src / "requirements.txt").write_text("# none\n")
-    manager = gitserver.make_repo(src, root / "manager")[1]
+    comfy, manager = gitserver.make_plan_sources(root, "torch\nnumpy\n")
     return {
         "root": root,
         "wheels": wheels,
