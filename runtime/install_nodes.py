@@ -268,6 +268,35 @@ def install_requirements(pip: Pip, requirements: Path, name: str) -> str:
         )
     if not planned:
         return "requirements already satisfied"
+    # The exclusions and replacements hold for what the requirements pull in, too (rembg or
+    # transparent-background bring opencv-python, whose cv2/ clobbers the image's headless
+    # one): such a distribution is dropped and the rest installed --no-deps at the versions
+    # pip chose; a replacement the image lacks is installed in its place.
+    exclude = set(pip.overrides.get("exclude", []))  # type: ignore[arg-type]
+    replace: Mapping[str, str] = pip.overrides.get("replace", {})  # type: ignore[assignment]
+    dropped = sorted(d for d in planned if d in exclude or d in replace)
+    if dropped:
+        keep = [f"{d}=={v}" for d, v in sorted(planned.items()) if d not in dropped]
+        installed = pip.distributions()
+        wanted = sorted(
+            {replace[d] for d in dropped if d in replace and canonical(replace[d]) not in installed}
+        )
+        for args in (["--no-deps", *keep] if keep else [], wanted):
+            if not args:
+                continue
+            done = pip.run("install", "--quiet", *args)
+            if done.returncode != 0:
+                raise NodeError(
+                    f"pip install failed: {_pip_error(done)}", tail_lines(done.stdout, done.stderr)
+                )
+        after = pip.protected_versions()
+        if after != before:
+            raise NodeError(f"pip changed the torch trio: {before} -> {after}")
+        return (
+            f"{len(keep)} package(s) installed: "
+            + ", ".join(keep)
+            + f"; pulled in but left out (package_layers_exclude/_replace): {', '.join(dropped)}"
+        )
     done = pip.run("install", "--quiet", "-r", str(requirements))
     if done.returncode != 0:
         raise NodeError(

@@ -82,6 +82,10 @@ def wheelhouse(tmp_path_factory):
     make_wheel(folder, "tinydep", "1.0")
     make_wheel(folder, "pulls-torch", "1.0", ("torch>=2",))
     make_wheel(folder, "otherdep", "1.0")
+    # opencv's shape: a node's requirement pulls in the non-headless build the image excludes
+    make_wheel(folder, "cv-full", "1.0")
+    make_wheel(folder, "cv-headless", "1.0")
+    make_wheel(folder, "pulls-cv", "1.0", ("cv-full", "tinydep"))
     return folder
 
 
@@ -107,6 +111,7 @@ def nodes(tmp_path_factory):
     found = {}
     specs = {
         "NodeA": "tinydep==1.0\n",
+        "NodePullsCv": "pulls-cv\n",
         "NodeNoReqs": None,
         "NodeTorch": "pulls-torch\n",
         "NodeTorchPin": "torch==2.0\n",
@@ -368,3 +373,26 @@ def test_environment_changes_name_every_distribution():
         "installed d==0.1",
     ]
     assert install_nodes.environment_changes(before, dict(before)) == []
+
+
+@pytest.mark.parametrize(
+    ("overrides", "present", "absent"),
+    [
+        ({"exclude": ["cv-full"]}, ["pulls-cv", "tinydep"], ["cv-full", "cv-headless"]),
+        ({"replace": {"cv-full": "cv-headless"}}, ["pulls-cv", "cv-headless"], ["cv-full"]),
+    ],
+)
+def test_exclusions_hold_for_what_requirements_pull_in(
+    tmp_path, venv, nodes, env, overrides, present, absent
+):
+    """The upstream tier: ComfyUI_essentials' dependencies pulled opencv-python in beside the
+    image's headless build (cv2/ clobbered, KJNodes and VHS IMPORT FAILED)."""
+    for dist in ("pulls-cv", "tinydep", "cv-full", "cv-headless"):
+        uninstall(venv, dist)
+    path = tmp_path / "overrides.json"
+    path.write_text(json.dumps(overrides))
+    status, out, _ = run(tmp_path, venv, line(nodes, "NodePullsCv"), "--overrides", str(path))
+    assert status == 0, out
+    assert "pulled in but left out (package_layers_exclude/_replace): cv-full" in out, out
+    assert [installed(venv, d) for d in present] == ["1.0"] * len(present)
+    assert [installed(venv, d) for d in absent] == [None] * len(absent)
