@@ -43,10 +43,18 @@ def recap(output: str) -> dict[str, dict[str, int]]:
     return hosts
 
 
-def docker(*args: str, check: bool = True, timeout: float = 900) -> str:
-    """``docker ARGS`` -> stdout; with ``check`` a failure asserts with docker's stderr."""
+def docker(
+    *args: str, check: bool = True, timeout: float = 900, env: dict[str, str] | None = None
+) -> str:
+    """``docker ARGS`` -> stdout; with ``check`` a failure asserts with docker's stderr.
+    ``env``: variables added to docker's environment (secrets for ``-e NAME``, never argv)."""
     done = subprocess.run(
-        ["docker", *args], capture_output=True, text=True, timeout=timeout, check=False
+        ["docker", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, **env} if env else None,
     )
     if check:
         assert done.returncode == 0, f"docker {' '.join(args[:4])}: {done.stderr[-3000:]}"

@@ -179,19 +179,28 @@ def test_runtime_layout_is_what_start_sh_expects(built):
 
 
 def test_the_container_starts_and_comfyui_answers(built):
-    name, volume, port = (
+    """The built image as RunPod starts it: ComfyUI answers through the authenticating proxy
+    (the token from COMFY_TOKEN, given through the environment, not argv)."""
+    name, volume, port, internal = (
         f"aiclipse-build-{uuid.uuid4().hex[:8]}",
         f"aiclipse-build-{uuid.uuid4().hex[:8]}",
         free_port(),
+        free_port(),
     )
+    token = uuid.uuid4().hex
     try:
         docker(
             "run", "-d", "--name", name, "--network", "host", "-v", f"{volume}:/workspace",
             "-e", "AICLIPSE_LISTEN=127.0.0.1", "-e", f"COMFY_PORT={port}",
-            "-e", "MODELS_DOWNLOAD=0", "-e", "FILEBROWSER_ENABLE=0",
+            "-e", f"COMFY_INTERNAL_PORT={internal}", "-e", "COMFY_TOKEN",
+            "-e", "MODELS_DOWNLOAD=0", "-e", "FILEBROWSER_ENABLE=0", "-e", "JUPYTER_ENABLE=0",
             ref(built, "tiny-cpu"),
+            env={"COMFY_TOKEN": token},
         )  # fmt: skip
-        harness.wait_http(f"http://127.0.0.1:{port}/system_stats", 60, container=name)
+        harness.wait_http(
+            f"http://127.0.0.1:{port}/system_stats", 60, container=name,
+            headers=harness.basic_auth("comfy", token),
+        )  # fmt: skip
         logs = docker("logs", name)
         assert "[aiclipse] comfyui: starting" in logs
         assert "COMFY_ARGS: --cpu" in logs
