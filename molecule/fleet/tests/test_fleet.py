@@ -181,7 +181,8 @@ def test_an_unreachable_builder_leaves_its_work_to_the_others(fleet):
     report = fleet.report()
     found = images(report)
     assert found["tiny-cpu-b"]["builder"] == B1
-    assert found["tiny-cpu-b"]["status"] == "built" and found["tiny-cpu-b"]["pushed"], found
+    mine = found["tiny-cpu-b"]
+    assert mine["status"] == "built" and mine["pushed"], (mine["why"], mine["cause"])
     assert tag_digest(fleet, "tiny-cpu-b") == found["tiny-cpu-b"]["digest"]
     lost = [line for line in report["failures_outside_images"] if line.startswith(f"builder {B2}")]
     assert lost, report["failures_outside_images"]
