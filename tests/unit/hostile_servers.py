@@ -232,3 +232,21 @@ class Listener:
         self._stop.set()
         self.thread.join()
         self.sock.close()
+
+
+def descendants(root: int) -> list[int]:
+    """The processes below ``root`` (its children, theirs, ...), from /proc."""
+    parents: dict[int, int] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        parents[int(pid)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, todo = [], [root]
+    while todo:
+        parent = todo.pop()
+        kids = [pid for pid, ppid in parents.items() if ppid == parent]
+        found += kids
+        todo += kids
+    return found

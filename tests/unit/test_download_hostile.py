@@ -23,7 +23,7 @@ from pathlib import Path
 
 import download_models as dm
 import pytest
-from hostile_servers import PROBE_RANGE, Listener, Route, Server, self_signed
+from hostile_servers import PROBE_RANGE, Listener, Route, Server, descendants, self_signed
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "runtime" / "download_models.py"
@@ -104,23 +104,6 @@ def sha(data: bytes) -> str:
 
 def folder(tmp_path: Path) -> Path:
     return tmp_path / "models" / "vae"
-
-
-def descendants(root: int) -> list[int]:
-    parents: dict[int, int] = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        parents[int(pid)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found, todo = [], [root]
-    while todo:
-        parent = todo.pop()
-        kids = [pid for pid, ppid in parents.items() if ppid == parent]
-        found += kids
-        todo += kids
-    return found
 
 
 # ------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import download_models as dm
 import pytest
-from hostile_servers import Route, Server, safetensors_bytes
+from hostile_servers import Route, Server, descendants, safetensors_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "runtime" / "download_models.py"
@@ -309,24 +309,6 @@ def test_token_not_forwarded_across_redirect(tmp_path, env, capsys):
     finally:
         a.close()
         b.close()
-
-
-def descendants(root: int) -> list[int]:
-    """The processes below ``root`` (its children, theirs, ...), from /proc."""
-    parents: dict[int, int] = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        parents[int(pid)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found, todo = [], [root]
-    while todo:
-        parent = todo.pop()
-        kids = [pid for pid, ppid in parents.items() if ppid == parent]
-        found += kids
-        todo += kids
-    return found
 
 
 def test_token_never_in_a_child_process(tmp_path, server, env):
