@@ -76,6 +76,20 @@ def write_if_changed(path: Path, text: str, mode: int = 0o644) -> bool:
     return True
 
 
+def stored_token(path: Path) -> tuple[str, bool]:
+    """The token kept at ``path`` (0600), or a new one written there; and whether it is new
+    (then the caller prints it, once)."""
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        token = ""
+    if token:
+        return token, False
+    token = secrets.token_urlsafe(24)
+    write_if_changed(path, token + "\n", 0o600)
+    return token, True
+
+
 def model_paths_yaml(root: Path) -> str:
     lines = [
         "# Written by start.sh at every start (only when it would change); do not edit.",
@@ -141,16 +155,12 @@ def cmd_jupyter(args: argparse.Namespace, env: dict[str, str]) -> int:
     elif password:
         how = "password from JUPYTER_PASSWORD"
     else:
-        try:
-            token = token_path.read_text(encoding="utf-8").strip()
-            how = f"token generated at first start (in {token_path})"
-        except FileNotFoundError:
-            token = ""
-        if not token:
-            token = secrets.token_urlsafe(24)
-            write_if_changed(token_path, token + "\n", 0o600)
-            generated = True
-            how = f"generated token (shown once, kept in {token_path}): {token}"
+        token, generated = stored_token(token_path)
+        how = (
+            f"generated token (shown once, kept in {token_path}): {token}"
+            if generated
+            else f"token generated at first start (in {token_path})"
+        )
     config["IdentityProvider"] = {"token": token, "cookie_options": cookies}
     if password:
         old = current.get("PasswordIdentityProvider", {}).get("hashed_password")
@@ -530,15 +540,12 @@ def cmd_proxy(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     if token:
         how = "token from COMFY_TOKEN"
     else:
-        try:
-            token = token_path.read_text(encoding="utf-8").strip()
-            how = f"token generated at first start (in {token_path})"
-        except FileNotFoundError:
-            token = ""
-        if not token:
-            token = secrets.token_urlsafe(24)
-            write_if_changed(token_path, token + "\n", 0o600)
-            how = f"generated token (shown once, kept in {token_path}): {token}"
+        token, generated = stored_token(token_path)
+        how = (
+            f"generated token (shown once, kept in {token_path}): {token}"
+            if generated
+            else f"token generated at first start (in {token_path})"
+        )
     hashed = bcrypt(token, _current_hash(config_path))
     text = caddyfile(args.listen, args.port, args.upstream_port, args.user, hashed, args.origin)
     changed = write_if_changed(config_path, text, 0o640)
