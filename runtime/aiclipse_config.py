@@ -205,7 +205,16 @@ PORTS = {
     "JUPYTER_PORT": 8888,
     "FILEBROWSER_PORT": 8080,
 }
-NAMES = ("RUNTIME_USER", "FILEBROWSER_USER", "COMFY_USER")
+NAMES = (
+    "RUNTIME_USER",
+    "FILEBROWSER_USER",
+    "COMFY_USER",
+    "AICLIPSE_MODELS_USER",
+    "AICLIPSE_PROXY_USER",
+)
+# Folders that reach sshd's HostKey lines, ComfyUI's argv and FileBrowser's root.
+PATHS = ("AICLIPSE_ROOT", "AICLIPSE_STATE")
+DEFAULT_ROOT = "/workspace/aiclipse"
 LISTENS = ("AICLIPSE_LISTEN", "COMFY_LISTEN")
 SWITCHES = (
     "JUPYTER_ENABLE",
@@ -235,6 +244,7 @@ NAME_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 SWITCH_RE = re.compile(r"0|1|true|false|yes|no|on|off")
 PORT_RE = re.compile(r"[0-9]{1,5}")
 POD_ID_RE = re.compile(r"[a-z0-9]{1,64}")
+PATH_RE = re.compile(r"(/[A-Za-z0-9._-]+)+")
 ORIGIN_RE = re.compile(
     r"https?://[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:[0-9]{1,5})?"
 )
@@ -317,6 +327,33 @@ def _check_name(env, name):
             f"{name}={value!r}: must be a user name: a lower-case letter or _, then up to 31 of "
             "a-z, 0-9, _, -"
         )
+
+
+def state_folder(env: Mapping[str, str]) -> str:
+    """Where start.sh keeps its state: AICLIPSE_STATE, else ``.aiclipse`` beside the data
+    folder (outside it: FileBrowser serves the data folder)."""
+    root = env.get("AICLIPSE_ROOT") or DEFAULT_ROOT
+    return env.get("AICLIPSE_STATE") or os.path.join(os.path.dirname(root), ".aiclipse")
+
+
+def _check_path(env, name):
+    value = env[name]
+    rule = (
+        f"{name}={value!r}: must be an absolute path of letters, digits and . _ - / only "
+        "(no spaces, no newline), not / itself, without . or .. parts"
+    )
+    parts = value.split("/")
+    if not PATH_RE.fullmatch(value) or any(part in (".", "..") for part in parts):
+        raise EnvError(rule)
+    if name == "AICLIPSE_STATE" or "AICLIPSE_STATE" not in env:
+        root = (env.get("AICLIPSE_ROOT") or DEFAULT_ROOT).rstrip("/")
+        state = state_folder(env).rstrip("/")
+        if state == root or state.startswith(root + "/") or root.startswith(state + "/"):
+            raise EnvError(
+                f"{name}={value!r}: the state folder ({state}) must be outside AICLIPSE_ROOT "
+                f"({root}) and hold no part of it: FileBrowser serves AICLIPSE_ROOT, and the "
+                "state holds the credentials"
+            )
 
 
 def _check_listen(env, name):
@@ -417,6 +454,7 @@ RULES = (
     Rule(tuple(PORTS), _check_port),
     Rule(NAMES, _check_name),
     Rule(LISTENS, _check_listen),
+    Rule(PATHS, _check_path),
     Rule(SWITCHES, _check_switch),
     Rule(tuple(MIN_LENGTHS), _check_secret),
     Rule(KEY_VARS, _check_keys),
@@ -483,12 +521,20 @@ def caddyfile(
 ) -> str:
     """Basic auth in front of 127.0.0.1:<upstream>. A request carrying an ``Origin`` that is
     not the proxy's own (scheme://Host) nor one of ``allowed`` gets 403 before anything else,
-    WebSocket handshakes included; allowed ones get CORS headers naming that origin."""
+    WebSocket handshakes included; so does one whose ``Sec-Fetch-Site`` is ``cross-site`` or
+    ``same-site`` without an allowed ``Origin`` (a top-level GET navigation excepted); allowed
+    ones get CORS headers naming that origin."""
     same = (
         '{http.request.header.Origin} == "http://" + {http.request.hostport} || '
         '{http.request.header.Origin} == "https://" + {http.request.hostport}'
     )
     listed = f'\t\t\tnot header_regexp Origin "{origin_regexp(allowed)}"\n' if allowed else ""
+    # Fetch metadata (browsers send it on every request, with or without Origin): a
+    # cross-site or same-site (another pod's page: proxy.runpod.net is one site) request is
+    # refused unless it comes from an allowed origin, so an <img>, <script>, no-cors fetch or
+    # WebSocket from another page never gets as far as the browser's remembered credential.
+    # One kind passes: a top-level GET navigation (a link to the UI, RunPod's console
+    # "Connect"), which shows the page to the user and carries no body.
     encoded = base64.b64encode(hashed.encode()).decode()
     host = f"[{listen}]" if ":" in listen else listen
     return (
@@ -503,6 +549,16 @@ def caddyfile(
         f"\t\t\tnot expression {same}\n"
         "\t\t}\n"
         '\t\trespond @foreign "origin not allowed" 403\n'
+        "\t\t@crosssite {\n"
+        '\t\t\theader_regexp site Sec-Fetch-Site "(?i)^(cross-site|same-site)$"\n'
+        f"{listed}"
+        "\t\t\tnot {\n"
+        "\t\t\t\tmethod GET HEAD\n"
+        "\t\t\t\theader Sec-Fetch-Mode navigate\n"
+        "\t\t\t\theader Sec-Fetch-Dest document\n"
+        "\t\t\t}\n"
+        "\t\t}\n"
+        '\t\trespond @crosssite "cross-site request not allowed" 403\n'
         "\t\t@cors header Origin *\n"
         '\t\theader @cors Access-Control-Allow-Origin "{http.request.header.Origin}"\n'
         "\t\theader @cors Access-Control-Allow-Credentials true\n"

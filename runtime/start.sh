@@ -12,7 +12,12 @@ set -euo pipefail
 
 # ---- configuration -------------------------------------------------------------------------
 ROOT="${AICLIPSE_ROOT:-/workspace/aiclipse}"
-STATE="$ROOT/.aiclipse"
+# The state (host keys, the proxy's, Jupyter's and FileBrowser's credentials) lives beside the
+# data folder, never in it: FileBrowser serves the data folder. Older images kept it in
+# $ROOT/.aiclipse (moved out at the first start of this one).
+ROOT_PARENT="$(dirname "$ROOT")"
+STATE="${AICLIPSE_STATE:-${ROOT_PARENT%/}/.aiclipse}"
+OLD_STATE="$ROOT/.aiclipse"
 SELF="$(readlink -f "${BASH_SOURCE[0]}")"
 RUNTIME_DIR="${AICLIPSE_RUNTIME_DIR:-$(dirname "$SELF")}"
 RUNTIME_USER="${RUNTIME_USER:-comfy}"
@@ -26,6 +31,10 @@ NODES_MANIFEST="${NODES_MANIFEST:-$ROOT/nodes_manifest.txt}"
 FILEBROWSER_BIN="${FILEBROWSER_BIN:-/usr/local/bin/filebrowser}"
 CADDY_BIN="${CADDY_BIN:-/usr/bin/caddy}"
 PROXY_USER="${AICLIPSE_PROXY_USER:-caddy}" # the proxy's own user: ComfyUI cannot read its config
+PROXY_HOME=/var/lib/aiclipse-proxy # caddy's HOME and XDG dirs: its own, 0700 (not /tmp)
+# The downloader's own user (it holds HF_TOKEN/CIVITAI_TOKEN): another uid than ComfyUI's, so
+# no custom node, Jupyter kernel or FileBrowser can read its /proc/<pid>/environ or memory.
+MODELS_USER="${AICLIPSE_MODELS_USER:-aiclipse-models}"
 LISTEN="${AICLIPSE_LISTEN:-0.0.0.0}" # the address every service listens on
 COMFY_PORT="${COMFY_PORT:-8188}"
 COMFY_INTERNAL_PORT="${COMFY_INTERNAL_PORT:-18188}" # ComfyUI itself, on 127.0.0.1, behind the proxy
@@ -118,6 +127,18 @@ exec_as_user() {
   exec "$@"
 }
 
+# Run the downloader as its own user (MODELS_USER, group: the runtime user's, no other
+# groups), with a HOME that does not exist: nothing of the runtime user's (its home, user
+# site, PYTHON* variables) reaches a process that holds the tokens.
+as_models() {
+  if [[ $EUID -eq 0 ]]; then
+    HOME=/nonexistent USER="$MODELS_USER" LOGNAME="$MODELS_USER" \
+      setpriv --reuid="$MODELS_UID" --regid="$RUNTIME_GID" --clear-groups -- "$@"
+  else
+    "$@"
+  fi
+}
+
 # Python as root: no PYTHON* variables, no user site.
 root_python() { "$PYTHON" -E -s "$@"; }
 
@@ -152,21 +173,44 @@ resolve_user() {
   RUNTIME_UID="$(id -u "$RUNTIME_USER")" || die "runtime user '$RUNTIME_USER' does not exist"
   RUNTIME_GID="$(id -g "$RUNTIME_USER")"
   RUNTIME_HOME="$(getent passwd "$RUNTIME_USER" | cut -d: -f6)"
-  log "user: $RUNTIME_USER ($RUNTIME_UID:$RUNTIME_GID), volume $ROOT, ComfyUI $COMFY_DIR"
+  if [[ $EUID -eq 0 ]]; then
+    MODELS_UID="$(id -u "$MODELS_USER")" ||
+      die "models: the downloader's user '$MODELS_USER' does not exist (the image makes it)"
+    if [[ "$MODELS_UID" == 0 || "$MODELS_UID" == "$RUNTIME_UID" ]]; then
+      die "models: AICLIPSE_MODELS_USER=$MODELS_USER must be a user of its own (not root, not $RUNTIME_USER): it holds the tokens"
+    fi
+  else
+    MODELS_USER="$(id -un)"
+    MODELS_UID="$EUID"
+  fi
+  log "user: $RUNTIME_USER ($RUNTIME_UID:$RUNTIME_GID), downloader $MODELS_USER ($MODELS_UID), volume $ROOT, state $STATE, ComfyUI $COMFY_DIR"
 }
+
+# A real folder of root's (not a symlink, not the runtime user's).
+roots_folder() { [[ ! -L "$1" && -d "$1" && "$(stat -c %u "$1")" == 0 ]]; }
 
 prepare_volume() {
   local dir fixed=0
   mkdir -p "$ROOT"
   if [[ $EUID -eq 0 ]]; then
-    # $ROOT is the runtime user's, so they can rename root's state folder and put one of
-    # their own there (symlinks inside, for root to follow): only a real, root-owned folder
-    # is state; anything else is moved aside and the state made anew (host keys included).
+    # The state's parent may be the runtime user's (the volume's root is on some clouds;
+    # $ROOT is), so they can rename root's state folder and put one of their own there
+    # (symlinks inside, for root to follow): only a real, root-owned folder is state;
+    # anything else is moved aside and the state made anew (host keys included).
     if [[ -e "$STATE" || -L "$STATE" ]] && [[ -L "$STATE" || ! -d "$STATE" || "$(stat -c %u "$STATE")" != 0 ]]; then
       local aside
       aside="$STATE.untrusted.$(date +%s)"
       mv -T -- "$STATE" "$aside"
       log "WARNING: $STATE was not a folder of root's; moved aside to $aside, state made anew"
+    fi
+    # An older image's state in $ROOT/.aiclipse (inside FileBrowser's root) moves out, once;
+    # only a real folder of root's (the runtime user can plant anything in $ROOT).
+    if [[ ! -e "$STATE" && ! -L "$STATE" ]] && roots_folder "$OLD_STATE"; then
+      mv -T -- "$OLD_STATE" "$STATE"
+      log "state: moved $OLD_STATE (an older image's) to $STATE, outside FileBrowser's root"
+    elif roots_folder "$OLD_STATE" && [[ "$(stat -c %a "$OLD_STATE")" != 700 ]]; then
+      chmod 0700 "$OLD_STATE"
+      log "WARNING: $OLD_STATE (an older image's state) is left beside $STATE: made root-only; remove it"
     fi
   fi
   mkdir -p "$STATE"
@@ -177,10 +221,27 @@ prepare_volume() {
     chown "$RUNTIME_UID:$RUNTIME_GID" "$ROOT"
     chmod 0755 "$STATE"
     # Only what is not already ours: a warm volume is walked (metadata only), not rewritten.
-    fixed="$(find "${DATA_DIRS[@]/#/$ROOT/}" \( ! -uid "$RUNTIME_UID" -o ! -gid "$RUNTIME_GID" \) \
+    # models/ is the downloader's (own_models).
+    fixed="$(find "${DATA_DIRS[@]/#/$ROOT/}" -path "$ROOT/models" -prune -o \
+      \( ! -uid "$RUNTIME_UID" -o ! -gid "$RUNTIME_GID" \) \
       -print -exec chown -h "$RUNTIME_UID:$RUNTIME_GID" {} + | wc -l)"
   fi
   log "volume: ${DATA_DIRS[*]} ready under $ROOT ($fixed ownerships fixed)"
+}
+
+# models/ belongs to the downloader's user, group the runtime user's, folders 2775: ComfyUI
+# reads every model, and the runtime user (Manager, FileBrowser, Jupyter) can still add and
+# remove models, but the files the downloader writes (.part, .lock, sidecars) are its own.
+# Only what differs is changed.
+own_models() {
+  [[ $EUID -eq 0 ]] || return 0
+  local fixed
+  fixed="$(find "$ROOT/models" \( ! -uid "$MODELS_UID" -o ! -gid "$RUNTIME_GID" \) \
+    -print -exec chown -h "$MODELS_UID:$RUNTIME_GID" {} + | wc -l)"
+  find "$ROOT/models" -type d ! -perm -2775 -exec chmod 2775 {} +
+  if [[ "$fixed" != 0 ]]; then
+    log "models: $fixed ownerships given to the downloader's user $MODELS_USER"
+  fi
 }
 
 write_model_paths() {
@@ -190,10 +251,7 @@ write_model_paths() {
     --root "$ROOT" --config "$MODEL_PATHS_CONFIG")" ||
     die "model paths: cannot write $MODEL_PATHS_CONFIG (see above)"
   log "model paths: $line"
-  if [[ $EUID -eq 0 ]]; then
-    find "$ROOT/models" \( ! -uid "$RUNTIME_UID" -o ! -gid "$RUNTIME_GID" \) \
-      -exec chown -h "$RUNTIME_UID:$RUNTIME_GID" {} +
-  fi
+  own_models
 }
 
 copy_workflows() {
@@ -367,7 +425,7 @@ start_filebrowser() {
 # proxy origin, AICLIPSE_ALLOWED_ORIGINS and its own. It runs as its own user, so ComfyUI
 # (and its custom nodes) can read neither its config nor the token file.
 start_proxy() {
-  local dir="$STATE/proxy" line group=() run_as=()
+  local dir="$STATE/proxy" line group=() run_as=() home="$PROXY_HOME"
   COMFY_BIND=127.0.0.1
   COMFY_BIND_PORT="$COMFY_INTERNAL_PORT"
   if is_on "${COMFY_NO_AUTH:-0}"; then
@@ -381,10 +439,12 @@ start_proxy() {
   if [[ $EUID -eq 0 ]]; then
     id -u "$PROXY_USER" >/dev/null 2>&1 || die "comfyui: the proxy's user '$PROXY_USER' does not exist"
     install -d -m 0750 -o root -g "$(id -g "$PROXY_USER")" "$dir"
+    install -d -m 0700 -o "$(id -u "$PROXY_USER")" -g "$(id -g "$PROXY_USER")" "$home"
     group=(--group "$(id -g "$PROXY_USER")")
     run_as=(setpriv --reuid="$(id -u "$PROXY_USER")" --regid="$(id -g "$PROXY_USER")" --init-groups --)
   else
-    install -d -m 0700 "$dir"
+    home="$dir/home"
+    install -d -m 0700 "$dir" "$home"
   fi
   origin_args "$COMFY_PORT"
   line="$(with_secrets COMFY_TOKEN -- root_python "$RUNTIME_DIR/aiclipse_config.py" proxy \
@@ -392,7 +452,8 @@ start_proxy() {
     --upstream-port "$COMFY_INTERNAL_PORT" --user "${COMFY_USER:-comfy}" "${group[@]}" \
     "${ORIGIN_ARGS[@]}")" || die "comfyui: cannot write the proxy's config in $dir (see above)"
   (
-    export HOME=/tmp XDG_CONFIG_HOME=/tmp/caddy-config XDG_DATA_HOME=/tmp/caddy-data
+    # Caddy's own folders, private to its user (in /tmp anyone could plant them first).
+    export HOME="$home" XDG_CONFIG_HOME="$home/config" XDG_DATA_HOME="$home/data"
     exec "${run_as[@]}" "$CADDY_BIN" run --config "$dir/Caddyfile" --adapter caddyfile &
   )
   log "comfyui: proxy on ${COMFY_LISTEN:-$LISTEN}:$COMFY_PORT -> 127.0.0.1:$COMFY_INTERNAL_PORT, $line"
@@ -406,15 +467,16 @@ download_models() {
     log "models: nothing to download (MODELS_DOWNLOAD=${MODELS_DOWNLOAD:-1}, no manifest found)"
     return
   fi
-  local cmd=(with_secrets HF_TOKEN CIVITAI_TOKEN -- as_user "$PYTHON"
+  # -E -s: no PYTHON* variable, no user site; -u: its lines reach the log as they come.
+  local cmd=(with_secrets HF_TOKEN CIVITAI_TOKEN -- as_models "$PYTHON" -E -s -u
     "$RUNTIME_DIR/download_models.py" "${manifests[@]}"
     --models-dir "$ROOT/models" --jobs "${MODELS_JOBS:-3}")
   if is_on "${MODELS_ASYNC:-0}"; then
     (models_in_background "${cmd[@]}" &)
-    log "models: downloading in the background (MODELS_ASYNC=1); a 'models: done' line follows"
+    log "models: downloading in the background as $MODELS_USER (MODELS_ASYNC=1); a 'models: done' line follows"
     return
   fi
-  log "models: downloading before ComfyUI starts (${MODELS_JOBS:-3} at a time)"
+  log "models: downloading before ComfyUI starts as $MODELS_USER (${MODELS_JOBS:-3} at a time)"
   "${cmd[@]}" || status=$?
   if [[ $status -eq 0 ]]; then
     log "models: all present"

@@ -32,6 +32,7 @@ from gitserver import GitServer, make_repo
 from helpers import free_port
 
 ROOT = "/workspace/aiclipse"
+STATE = "/workspace/.aiclipse"  # beside ROOT: FileBrowser serves ROOT
 CANARIES = {
     "HF_TOKEN": "canary-hf-7f3a9c1e5b",
     "CIVITAI_TOKEN": "canary-civitai-2d8e4f6a0c",
@@ -185,12 +186,14 @@ def exec_(name: str, *args: str, user: str = "root") -> str:
 
 
 def volume_checksums(name: str) -> dict[str, str]:
-    """sha256 of every file under ROOT except the models themselves (their sidecars count)."""
+    """sha256 of every file under ROOT and STATE except the models themselves (their sidecars
+    count)."""
     out = exec_(
         name,
         "sh",
         "-c",
-        f"cd {ROOT} && find . -type f ! -path './models/*/[!.]*' -print0 | xargs -0 -r sha256sum",
+        f"cd /workspace && find {ROOT.split('/')[-1]} {STATE.split('/')[-1]} -type f"
+        f" ! -path '{ROOT.split('/')[-1]}/models/*/[!.]*' -print0 | xargs -0 -r sha256sum",
     )
     sums = {}
     for line in out.splitlines():
@@ -268,7 +271,11 @@ def test_models_land_on_the_volume_and_comfyui_sees_them(scenario):
     )
     assert "base.safetensors" in listing and "my-lora.safetensors" in listing
     assert "upscale.pth" in listing
-    assert all(" 1000 1000 " in line for line in listing.splitlines() if "." in line), listing
+    # the downloader's own user owns what it wrote, in the runtime user's group (ComfyUI reads)
+    models_uid = exec_(first, "id", "-u", "aiclipse-models").strip()
+    assert models_uid not in ("0", "1000"), models_uid
+    lines = [line for line in listing.splitlines() if "." in line]
+    assert lines and all(f" {models_uid} 1000 " in line for line in lines), listing
     assert ".part" not in exec_(first, "find", f"{ROOT}/models", "-name", "*.part")
     assert runtime.comfy("/models/checkpoints") == ["base.safetensors"]
     assert runtime.comfy("/models/loras") == ["my-lora.safetensors"]
@@ -285,7 +292,7 @@ def test_comfyui_runs_as_the_runtime_user_with_the_expected_args(scenario):
     # ComfyUI itself on loopback, behind the proxy; no CORS of its own (the proxy's)
     assert ["--listen", "127.0.0.1", "--port", runtime.env["COMFY_INTERNAL_PORT"]] == argv[1:5]
     assert "--enable-cors-header" not in argv and argv[-1] == "--cpu"
-    assert f"{ROOT}/.aiclipse/extra_model_paths.yaml" in argv
+    assert f"{STATE}/extra_model_paths.yaml" in argv
     script = (
         "import pathlib\n"
         "for p in pathlib.Path('/proc').glob('[0-9]*'):\n"
@@ -325,7 +332,7 @@ def test_ssh_is_key_only_and_accepts_each_key(scenario, keys):
         done = ssh(port, "id", "-u", key=key)
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == "1000"
-    listed = exec_(scenario["first"], "ls", f"{ROOT}/.aiclipse/ssh")
+    listed = exec_(scenario["first"], "ls", f"{STATE}/ssh")
     assert "ssh_host_ed25519_key" in listed
     scenario["host_key"] = host_key(port)
     assert scenario["host_key"]
@@ -352,9 +359,7 @@ def test_canaries_appear_in_no_log_and_no_argv(scenario):
     for value in CANARIES.values():
         assert value not in logs
         assert value not in cmdlines
-    config = exec_(
-        first, "stat", "-c", "%a %U", f"{ROOT}/.aiclipse/jupyter/jupyter_server_config.json"
-    )
+    config = exec_(first, "stat", "-c", "%a %U", f"{STATE}/jupyter/jupyter_server_config.json")
     assert config.split() == ["600", "comfy"]
 
 
@@ -477,7 +482,7 @@ def test_async_models_generated_secrets_nodes_and_filebrowser(image, tmp_path):
             record = exec_(first, "cat", "/tmp/fake-filebrowser.txt")
             assert "uid=1000" in record and "FB_USERNAME=admin" in record
             assert re.search(r"FB_PASSWORD=\$2[aby]\$12\$", record), record
-            assert f"arg={ROOT}/.aiclipse/filebrowser/filebrowser.db" in record
+            assert f"arg={STATE}/filebrowser/filebrowser.db" in record
             assert password not in record
             cmdlines = exec_(first, "sh", "-c", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '")
             assert token not in cmdlines and password not in cmdlines
@@ -538,6 +543,101 @@ def test_no_secret_in_any_process_environment(scenario):
     assert denied.returncode != 0 and CANARIES["HF_TOKEN"] not in denied.stdout
 
 
+PROC_SCAN = r"""
+import json, os, pathlib, re, sys
+needles = [n.encode() for n in sys.argv[1:]]
+me = os.getpid()
+found = {}
+for proc in pathlib.Path('/proc').glob('[0-9]*'):
+    pid = int(proc.name)
+    if pid == me:
+        continue
+    entry = {}
+    try:
+        entry['cmd'] = (proc / 'cmdline').read_bytes().replace(b'\0', b' ').decode()
+        entry['uid'] = (proc / 'status').read_text().split('Uid:')[1].split()[0]
+    except OSError:
+        continue
+    blobs = [entry['cmd'].encode()]
+    try:
+        blobs.append((proc / 'environ').read_bytes())
+        entry['environ'] = 'read'
+    except OSError as err:
+        entry['environ'] = type(err).__name__
+    try:
+        with open(proc / 'maps') as maps, open(proc / 'mem', 'rb') as mem:
+            for line in maps:
+                m = re.match(r'([0-9a-f]+)-([0-9a-f]+) rw', line)
+                if m:
+                    start, end = int(m[1], 16), int(m[2], 16)
+                    try:
+                        mem.seek(start)
+                        blobs.append(mem.read(min(end - start, 64 << 20)))
+                    except OSError:
+                        pass
+        entry['mem'] = 'read'
+    except OSError as err:
+        entry['mem'] = type(err).__name__
+    entry['hits'] = [n.decode() for n in needles if any(n in blob for blob in blobs)]
+    found[pid] = entry
+print(json.dumps(found))
+"""
+
+
+def test_the_downloader_tokens_are_unreachable_from_comfyuis_uid(image, tmp_path):
+    """Attack: with MODELS_ASYNC=1 the downloader (which holds HF_TOKEN and CIVITAI_TOKEN)
+    ran as ComfyUI's uid beside it, so a custom node read the tokens from
+    /proc/<downloader>/environ (or its memory). As ComfyUI's uid, while the download runs,
+    every other process's cmdline, environ and memory is read: no token anywhere."""
+    slow = {"/files/gated.safetensors": harness.safetensors_bytes(750_000, seed=4)}  # 3 MB
+    (tmp_path / "manifests").mkdir()
+    for path in (tmp_path, tmp_path / "manifests"):
+        path.chmod(0o755)
+    tokens = {"HF_TOKEN": CANARIES["HF_TOKEN"], "CIVITAI_TOKEN": CANARIES["CIVITAI_TOKEN"]}
+    with harness.ModelServer(slow, rate=200_000) as server:
+        manifest = tmp_path / "manifests" / "models_manifest.txt"
+        manifest.write_text(f"checkpoints {server.url('/files/gated.safetensors')}\n")
+        manifest.chmod(0o644)
+        runtime = Runtime(
+            image,
+            f"aiclipse-rt-{RUN_ID}-dl",
+            [f"{tmp_path / 'manifests'}:/manifests:ro"],
+            {
+                **tokens,
+                "AICLIPSE_TOKEN_HOSTS": "127.0.0.1=HF_TOKEN",  # the HF token goes to our server
+                "MODELS_ASYNC": "1",
+                "JUPYTER_ENABLE": "0",
+                "COMFY_TOKEN": CANARIES["COMFY_TOKEN"],
+            },
+        )
+        try:
+            first = runtime.start()
+            runtime.wait_comfy(first)
+            deadline = time.monotonic() + 60
+            while server.total_sent < 100_000 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert not re.search(DONE, harness.logs(first)), "the download ended before the scan"
+            scan = json.loads(
+                exec_(first, "python3", "-c", PROC_SCAN, *tokens.values(), user="1000")
+            )
+            downloaders = [e for e in scan.values() if "download_models.py" in e["cmd"]]
+            assert downloaders, scan  # it runs, and its uid is not ComfyUI's
+            assert all(e["uid"] != "1000" for e in downloaders), downloaders
+            assert all(e["environ"] == "PermissionError" for e in downloaders), downloaders
+            comfy = [e for e in scan.values() if "main.py" in e["cmd"]]
+            assert comfy and comfy[0]["uid"] == "1000" and comfy[0]["environ"] == "read", scan
+            hits = {pid: e for pid, e in scan.items() if e["hits"]}
+            assert hits == {}, hits
+            # the downloader did hold the token: it reached the server it belongs to
+            auth = {h.get("Authorization") for _, _, h in server.requests}
+            assert f"Bearer {CANARIES['HF_TOKEN']}" in auth
+            logs = harness.wait_log(first, DONE, 60)
+            assert "models: done, all present" in logs and "as aiclipse-models" in logs, logs
+            assert runtime.comfy("/models/checkpoints") == ["gated.safetensors"]  # ComfyUI reads
+        finally:
+            runtime.close()
+
+
 def test_comfyui_only_through_the_authenticating_proxy(scenario):
     """Attack: ComfyUI answered anyone with its URL, and `--enable-cors-header *` let any web
     page drive it (queue prompts, upload, install nodes through Manager)."""
@@ -570,14 +670,17 @@ def test_comfyui_only_through_the_authenticating_proxy(scenario):
     assert websocket(runtime.ports["COMFY"], "/ws", pod_origin, {}).startswith("HTTP/1.1 401")
     # the proxy's config and token are unreadable to the runtime user (ComfyUI's nodes)
     denied = harness.docker(
-        "exec", "-u", "1000", scenario["first"], "cat", f"{ROOT}/.aiclipse/proxy/Caddyfile",
+        "exec", "-u", "1000", scenario["first"], "cat", f"{STATE}/proxy/Caddyfile",
         check=False,
     )  # fmt: skip
     assert denied.returncode != 0
 
 
-def websocket(port: int, path: str, origin: str, headers: dict[str, str], query: str = "") -> str:
-    """The status line and headers of a WebSocket handshake to 127.0.0.1:port."""
+def websocket(
+    port: int, path: str, origin: str | None, headers: dict[str, str], query: str = ""
+) -> str:
+    """The status line and headers of a WebSocket handshake to 127.0.0.1:port (no Origin
+    header when ``origin`` is None)."""
     lines = [
         f"GET {path}{query} HTTP/1.1",
         f"Host: 127.0.0.1:{port}",
@@ -585,7 +688,7 @@ def websocket(port: int, path: str, origin: str, headers: dict[str, str], query:
         "Connection: Upgrade",
         "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
         "Sec-WebSocket-Version: 13",
-        f"Origin: {origin}",
+        *([f"Origin: {origin}"] if origin is not None else []),
         *(f"{k}: {v}" for k, v in headers.items()),
     ]
     with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
@@ -597,6 +700,137 @@ def websocket(port: int, path: str, origin: str, headers: dict[str, str], query:
                 break
             answer += chunk
     return answer.decode(errors="replace")
+
+
+def curl_status(url: str, *headers: str, method: str = "GET") -> int:
+    """The status curl gets for ``url`` with these request headers (``Name: value``)."""
+    argv = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", method, "--max-time", "10"]
+    for header in headers:
+        argv += ["-H", header]
+    done = subprocess.run([*argv, url], capture_output=True, text=True, timeout=30, check=False)
+    return int(done.stdout or 0)
+
+
+def test_the_proxy_refuses_cross_site_fetch_metadata_without_an_allowed_origin(scenario):
+    """Attack: the proxy decided on ``Origin`` alone, and a browser sends none on a cross-site
+    ``<img>``/``<script>``/no-cors GET or a WebSocket from some clients: with the user's basic
+    auth remembered by the browser, another site (or another pod's page: every RunPod proxy
+    origin is one site, proxy.runpod.net) reached ComfyUI. ``Sec-Fetch-Site`` says where a
+    request comes from on every browser request."""
+    runtime = scenario["runtime"]
+    port = runtime.ports["COMFY"]
+    url = f"http://127.0.0.1:{port}/system_stats"
+    auth = f"Authorization: {runtime.auth['Authorization']}"
+    pod_origin = f"https://{POD}-{port}.proxy.runpod.net"
+    other_pod = f"https://otherpod-{port}.proxy.runpod.net"
+    refused = [
+        ("Sec-Fetch-Site: cross-site",),
+        ("Sec-Fetch-Site: same-site",),
+        ("Sec-Fetch-Site: CROSS-SITE",),
+        ("Sec-Fetch-Site: same-site", f"Origin: {other_pod}"),
+        ("Sec-Fetch-Site: cross-site", "Sec-Fetch-Mode: no-cors", "Sec-Fetch-Dest: image"),
+        # a navigation into a frame (clickjacking) is not a top-level one
+        ("Sec-Fetch-Site: cross-site", "Sec-Fetch-Mode: navigate", "Sec-Fetch-Dest: iframe"),
+    ]
+    for headers in refused:
+        assert curl_status(url, auth, *headers) == 403, headers
+    # a cross-site form POST as a top-level navigation
+    post = ("Sec-Fetch-Site: cross-site", "Sec-Fetch-Mode: navigate", "Sec-Fetch-Dest: document")
+    assert curl_status(f"http://127.0.0.1:{port}/prompt", auth, *post, method="POST") == 403
+    allowed = [
+        (),
+        ("Sec-Fetch-Site: same-origin",),
+        ("Sec-Fetch-Site: none",),  # typed in, a bookmark
+        ("Sec-Fetch-Site: cross-site", f"Origin: {pod_origin}"),
+        ("Sec-Fetch-Site: cross-site", f"Origin: {OK_ORIGIN}"),
+        # a link to the UI from another site (RunPod's console "Connect"): a top-level GET
+        ("Sec-Fetch-Site: cross-site", "Sec-Fetch-Mode: navigate", "Sec-Fetch-Dest: document"),
+    ]
+    for headers in allowed:
+        assert curl_status(url, auth, *headers) == 200, headers
+        assert curl_status(url, *headers) == 401, headers  # and still the credential
+    # WebSocket handshakes, checked the same way, before authentication
+    cross = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "websocket"}
+    for origin in (None, EVIL):
+        answer = websocket(port, "/ws", origin, {**cross, **runtime.auth})
+        assert answer.startswith("HTTP/1.1 403"), (origin, answer)
+    answer = websocket(port, "/ws", None, {**cross, "Sec-Fetch-Site": "same-site"})
+    assert answer.startswith("HTTP/1.1 403"), answer
+    answer = websocket(port, "/ws", pod_origin, cross)
+    assert answer.startswith("HTTP/1.1 401"), answer  # allowed origin: on to the credential
+
+
+FILES_SCAN = r"""
+import json, os, sys
+root, needles = sys.argv[1], [n.encode() for n in sys.argv[2:]]
+hits = []
+for folder, dirs, files in os.walk(root, followlinks=True):
+    for name in dirs + files:
+        if name.startswith('.aiclipse'):
+            hits.append(os.path.join(folder, name))
+    for name in files:
+        path = os.path.join(folder, name)
+        try:
+            with open(path, 'rb') as handle:
+                data = handle.read(100_000_000)
+        except OSError:
+            continue
+        hits += [f'{path}: {n.decode()}' for n in needles if n in data]
+print(json.dumps(hits))
+"""
+
+
+def test_filebrowser_can_reach_no_credential(scenario):
+    """Attack: FileBrowser's root was the data folder, which held ``.aiclipse``: Jupyter's token
+    and config (the runtime user's, so FileBrowser's too), FileBrowser's own database (its
+    session key). FileBrowser serves only what is under its ``-r`` root and can read as its uid:
+    as that uid, every file under that root is read and none holds a credential."""
+    first = scenario["runtime"].names[-1]
+    harness.wait_log(first, r"filebrowser: port", 60)
+    args = re.findall(r"^arg=(.*)$", exec_(first, "cat", "/tmp/fake-filebrowser.txt"), re.M)
+    root, database = args[args.index("-r") + 1], args[args.index("-d") + 1]
+    needles = [*CANARIES.values(), "PRIVATE KEY", "hashed_password", '"token"']
+    hits = json.loads(exec_(first, "python3", "-c", FILES_SCAN, root, *needles, user="1000"))
+    assert hits == [], hits
+    assert root == ROOT and database == f"{STATE}/filebrowser/filebrowser.db", args
+    assert not database.startswith(root + "/")
+    # the scan does find them where they are (the test can see a credential when one is there)
+    found = json.loads(exec_(first, "python3", "-c", FILES_SCAN, STATE, *needles, user="1000"))
+    assert any(CANARIES["JUPYTER_TOKEN"] in hit for hit in found), found
+
+
+CADDY_ENV = r"""
+import json, os, pathlib
+for proc in pathlib.Path('/proc').glob('[0-9]*'):
+    try:
+        if (proc / 'comm').read_text().strip() == 'caddy':
+            environ = (proc / 'environ').read_bytes().split(b'\0')
+            env = dict(e.decode().split('=', 1) for e in environ if b'=' in e)
+            found = {k: env.get(k, '') for k in ('HOME', 'XDG_CONFIG_HOME', 'XDG_DATA_HOME')}
+            found['stat'] = {k: os.stat(v).st_mode & 0o7777 if os.path.exists(v) else None
+                             for k, v in found.items()}
+            print(json.dumps(found))
+    except OSError:
+        pass
+"""
+
+
+def test_the_proxy_keeps_its_folders_private(scenario):
+    """Attack: Caddy's HOME and XDG data/config folders were /tmp/caddy-*: anyone in the
+    container (ComfyUI's nodes) could make them first, with content of their choosing (a
+    config Caddy autosaves and reads, certificates), or read what Caddy writes there."""
+    first = scenario["runtime"].names[-1]
+    lines = exec_(first, "python3", "-c", CADDY_ENV, user="caddy").split("\n")
+    found = json.loads(lines[0])
+    home = found["HOME"]
+    assert home and not home.startswith("/tmp"), found
+    for key in ("XDG_CONFIG_HOME", "XDG_DATA_HOME"):
+        assert found[key].startswith(home + "/"), found
+    owner = exec_(first, "stat", "-c", "%a %U %G", home).split()
+    assert owner == ["700", "caddy", "caddy"], owner
+    parent = exec_(first, "stat", "-c", "%U %a", os.path.dirname(home)).split()
+    assert parent[0] == "root" and not int(parent[1], 8) & 0o022, parent
+    assert "caddy" not in exec_(first, "ls", "-a", "/tmp")
 
 
 def test_jupyter_refuses_cross_site_websockets_and_sets_safe_cookies(scenario):
@@ -716,6 +950,12 @@ GOOD_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9ok
         ({"AICLIPSE_ALLOWED_ORIGINS": "*"}, "AICLIPSE_ALLOWED_ORIGINS", "never allowed"),
         ({"COMFY_ARGS": "--cpu --listen 0.0.0.0"}, "COMFY_ARGS", "must not set --listen"),
         ({"JUPYTER_ENABLE": "True"}, "JUPYTER_ENABLE", "must be one of"),
+        # AICLIPSE_ROOT reaches sshd's HostKey lines (the state is beside it): a newline there
+        # was a line of sshd's config
+        ({"AICLIPSE_ROOT": "/workspace/x\nPasswordAuthentication yes", "PUBLIC_KEY": GOOD_KEY},
+         "AICLIPSE_ROOT", "must be an absolute path of letters, digits and . _ - / only"),
+        ({"AICLIPSE_STATE": f"{ROOT}/.aiclipse"}, "AICLIPSE_STATE",
+         "must be outside AICLIPSE_ROOT"),
     ],
 )  # fmt: skip
 def test_a_bad_variable_stops_the_start_naming_it_and_the_rule(image, variables, named, rule):
@@ -808,7 +1048,7 @@ def test_the_manager_level_holds_against_every_config_trick(image):
     ("script", "user", "message"),
     [
         ("mkdir -p user/__manager/config.ini && chown -R 1000:1000 .", "0", "manager: cannot"),
-        ("mkdir -p .aiclipse/extra_model_paths.yaml", "0", "model paths: cannot write"),
+        ("mkdir -p ../.aiclipse/extra_model_paths.yaml", "0", "model paths: cannot write"),
     ],
 )
 def test_a_failing_config_step_stops_the_start(image, script, user, message):
@@ -895,20 +1135,24 @@ def test_a_hostile_node_manifest_never_builds_as_root(image, tmp_path):
 
 
 def test_a_state_folder_swapped_by_the_runtime_user_is_not_followed_as_root(image):
-    """Attack (a second read of issue 14): the volume's root is the runtime user's, so they can
+    """Attack (a second read of issue 14): where the state's parent is the runtime user's (the
+    data folder was, before the state moved beside it; a cloud's volume root can be), they can
     rename root's ``.aiclipse`` and put their own there, with ``jupyter`` a symlink to the
     image's runtime scripts; root's ``install -d -o comfy`` then handed those scripts to the
-    user, and the next start ran the user's start.sh as root."""
+    user, and the next start ran the user's start.sh as root. The same planted folder at the
+    old place (``$ROOT/.aiclipse``, which start.sh moves out of an older volume) is not taken
+    either."""
     volume = f"aiclipse-rt-{RUN_ID}-state"
     name = f"{volume}-0"
     try:
         harness.docker("volume", "create", volume)
-        prepare_volume(image, volume, "mkdir -p .aiclipse && chown 1000:1000 .", user="0")
+        prepare_volume(image, volume, "mkdir -p ../.aiclipse && chown 1000:1000 .. .", user="0")
         prepare_volume(
             image, volume,
-            "mv .aiclipse theirs && mkdir .aiclipse"
+            "cd .. && mv .aiclipse theirs && mkdir .aiclipse"
             " && ln -s /opt/aiclipse/runtime .aiclipse/jupyter"
-            " && ln -s /opt/aiclipse/runtime .aiclipse/filebrowser",
+            " && ln -s /opt/aiclipse/runtime .aiclipse/filebrowser"
+            " && mkdir aiclipse/.aiclipse && ln -s /opt/aiclipse/runtime aiclipse/.aiclipse/ssh",
         )  # fmt: skip
         harness.docker(
             "run", "-d", "--name", name, "--network", "none", "-e", f"JUPYTER_TOKEN={'j' * 32}",
@@ -916,13 +1160,12 @@ def test_a_state_folder_swapped_by_the_runtime_user_is_not_followed_as_root(imag
         )  # fmt: skip
         logs = harness.wait_log(name, r"comfyui: starting", 90)
         assert "was not a folder of root's; moved aside" in logs, logs
+        assert "state: moved" not in logs, logs  # the planted old-place folder is not taken
         owners = exec_(name, "stat", "-c", "%u %n", "/opt/aiclipse/runtime",
-                       "/opt/aiclipse/runtime/start.sh", f"{ROOT}/.aiclipse")  # fmt: skip
+                       "/opt/aiclipse/runtime/start.sh", STATE)  # fmt: skip
         assert [line.split()[0] for line in owners.splitlines()] == ["0", "0", "0"], owners
         assert (
-            exec_(
-                name, "sh", "-c", f"test -L {ROOT}/.aiclipse/jupyter && echo link || echo dir"
-            ).strip()
+            exec_(name, "sh", "-c", f"test -L {STATE}/jupyter && echo link || echo dir").strip()
             == "dir"
         )
     finally:

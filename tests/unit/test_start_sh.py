@@ -126,6 +126,7 @@ def start_sh(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
         "COMFY_DIR": str(comfy),
         "AICLIPSE_PYTHON": sys.executable,
         "RUNTIME_USER": "root",  # as root; a non-root run uses its own user
+        "AICLIPSE_MODELS_USER": "nobody",  # the downloader's own user (not root's, not ours)
         "AICLIPSE_MANAGER_CONFIG": str(config),
         "WORKFLOWS_TEMPLATE_DIR": none,
         "MODELS_MANIFEST": none,
@@ -202,8 +203,30 @@ def test_a_newline_in_ssh_port_stops_the_start(tmp_path):
     assert "ARGV" not in done.stdout
 
 
+def test_a_bad_aiclipse_root_stops_the_start_before_any_folder_is_made(tmp_path):
+    root = tmp_path / "vol\nPasswordAuthentication yes"
+    done = start_sh(tmp_path, AICLIPSE_ROOT=str(root), SSH_PORT="2222")
+    assert done.returncode == 1
+    assert "invalid variable: AICLIPSE_ROOT=" in done.stderr
+    assert "must be an absolute path of letters, digits and . _ - / only" in done.stderr
+    assert not root.exists() and "ARGV" not in done.stdout
+
+
+def test_the_state_is_kept_beside_the_data_folder_and_an_old_one_moves_out(tmp_path):
+    old = tmp_path / "volume" / ".aiclipse"
+    old.mkdir(parents=True)
+    (old / "kept").write_text("host keys\n")
+    done = start_sh(tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not old.exists() and (tmp_path / ".aiclipse" / "kept").read_text() == "host keys\n"
+    assert f"state: moved {old}" in done.stdout
+    assert f"--extra-model-paths-config {tmp_path / '.aiclipse' / 'extra_model_paths.yaml'}" in (
+        " ".join(json.loads(next(x for x in done.stdout.splitlines() if x.startswith("ARGV "))[5:]))
+    )
+
+
 def test_a_failing_model_paths_step_stops_the_start(tmp_path):
-    (tmp_path / "volume" / ".aiclipse" / "extra_model_paths.yaml").mkdir(parents=True)
+    (tmp_path / ".aiclipse" / "extra_model_paths.yaml").mkdir(parents=True)  # beside the volume
     done = start_sh(tmp_path)
     assert done.returncode == 1
     assert "model paths: cannot write" in done.stderr and "ARGV" not in done.stdout
@@ -257,6 +280,18 @@ KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh
         ({"COMFY_CORS_ORIGIN": "*"}, "COMFY_CORS_ORIGIN: no longer read"),
         ({"JUPYTER_ALLOW_ORIGIN": "*"}, "JUPYTER_ALLOW_ORIGIN: no longer read"),
         ({"AICLIPSE_PASS_ENV": "A;B"}, "AICLIPSE_PASS_ENV"),
+        # AICLIPSE_ROOT reaches sshd's HostKey lines (the state is beside it): a newline there
+        # was a line of sshd's config
+        ({"AICLIPSE_ROOT": "/workspace/x\nPasswordAuthentication yes"},
+         "AICLIPSE_ROOT='/workspace/x\\nPasswordAuthentication yes': must be an absolute path"),
+        ({"AICLIPSE_ROOT": "workspace/aiclipse"}, "AICLIPSE_ROOT='workspace/aiclipse': must be an"),
+        ({"AICLIPSE_ROOT": "/"}, "not / itself"),
+        ({"AICLIPSE_ROOT": "/workspace/a b"}, "(no spaces, no newline)"),
+        ({"AICLIPSE_ROOT": "/workspace/../etc"}, "without . or .. parts"),
+        ({"AICLIPSE_ROOT": "/workspace/$(id)"}, "letters, digits and . _ - / only"),
+        ({"AICLIPSE_STATE": "/workspace/aiclipse/.aiclipse"}, "must be outside AICLIPSE_ROOT"),
+        ({"AICLIPSE_ROOT": "/w/a", "AICLIPSE_STATE": "/w"}, "hold no part of it"),
+        ({"AICLIPSE_MODELS_USER": "x\ny"}, "AICLIPSE_MODELS_USER"),
     ],
 )  # fmt: skip
 def test_validate_names_the_variable_and_the_rule(env, message, capsys):
@@ -284,6 +319,8 @@ def test_validate_accepts_good_values(capsys):
         "COMFY_ARGS": "--cpu --preview-method auto",
         "AICLIPSE_PASS_ENV": "OPENAI_API_KEY,MY_KEY",
         "MODELS_JOBS": "3",
+        "AICLIPSE_ROOT": "/data/my_models-1.0/aiclipse",
+        "AICLIPSE_MODELS_USER": "aiclipse-models",
     }
     assert aiclipse_config.main(["validate"], env=env) == 0, capsys.readouterr().err
     assert (
@@ -379,6 +416,12 @@ def test_the_proxy_config_is_stable_and_never_allows_every_origin(tmp_path, caps
     assert "reverse_proxy 127.0.0.1:18188" in text
     assert r"https://pod1\-8188\.proxy\.runpod\.net" in text
     assert 'Access-Control-Allow-Origin "*"' not in text and token not in text
+    # fetch metadata: cross-site and same-site requests need an allowed Origin too (a
+    # top-level GET navigation excepted), before authentication
+    crosssite = text[text.index("@crosssite {") : text.index("respond @crosssite")]
+    assert "Sec-Fetch-Site" in crosssite and "cross-site|same-site" in crosssite
+    assert r'not header_regexp Origin "^(https://pod1\-8188' in crosssite
+    assert text.index("respond @crosssite") < text.index("basicauth")
     assert caddyfile.stat().st_mode & 0o777 == 0o640
     assert (tmp_path / "p" / "token").stat().st_mode & 0o777 == 0o600
     mtime = caddyfile.stat().st_mtime_ns
